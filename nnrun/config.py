@@ -1,0 +1,186 @@
+"""The recipe schema: one frozen dataclass per recipe section.
+
+Every field carries its default, a one-line description of the practice it encodes and,
+where it applies, the allowed choices or range. The loader in :mod:`nnrun.recipe` turns YAML
+into these objects and validates them from this metadata; the README's recipe reference is
+checked against it by a test, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def opt(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, min_exclusive: bool = False, item_min: float | None = None) -> Any:
+    """A recipe field: its default, the practice it encodes, and what values are allowed.
+
+    Args:
+        default: the value used when the recipe leaves the key out (lists are copied per use).
+        doc: one line for the README and `nnrun check`.
+        choices: the allowed values of a string field.
+        min, max: the allowed numeric range (inclusive unless ``min_exclusive``).
+        item_min: lower bound for every item of a list field.
+    """
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max,
+            "min_exclusive": min_exclusive, "item_min": item_min}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu", "silu")
+DATA_SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "csv", "npz", "image-folder", "python")
+NORMS = ("batch", "group", "layer", "instance", "none")
+INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+         "orthogonal", "normal", "lsuv", "zeros")
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+LOSSES = ("cross_entropy", "mse", "l1", "smooth_l1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = opt("digits", "Where the examples come from; `digits` ships inside nnrun.",
+                      choices=DATA_SOURCES)
+    path: Optional[str] = opt(None, "File or folder for file-based sources (relative paths are "
+                                    "resolved against the recipe's folder).")
+    batch_size: int = opt(64, "Mini-batch size for training.", min=1)
+    eval_batch_size: int = opt(512, "Batch size for evaluation and prediction (no gradients, so larger).",
+                               min=1)
+    shuffle: bool = opt(True, "A fresh seeded permutation of the training set every epoch.")
+    drop_last: bool = opt(False, "Drop the last incomplete training batch (avoids a batch of 1 with BatchNorm).")
+    val_fraction: float = opt(0.1, "Held-out validation share carved from the training set with the seed; "
+                                   "tune on it, never on the test split.", min=0.0, max=0.9)
+    normalize: str = opt("standardize", "Input whitening with training-split statistics only "
+                                        "(stored in checkpoints, re-applied at prediction).",
+                         choices=("standardize", "minmax", "none"))
+    tanh_scale: Optional[float] = opt(None, "Squash unbounded inputs as tanh(x / C) after normalizing.",
+                                      min=0.0, min_exclusive=True)
+    limit: Optional[int] = opt(None, "Use only the first N training examples (quick experiments).", min=1)
+    task: str = opt("auto", "classification or regression; auto: classification when labels are integers.",
+                    choices=("auto", "classification", "regression"))
+    label_column: str = opt("label", "csv: the column holding the target.")
+    feature_columns: Optional[list[str]] = opt(None, "csv: the input columns (default: all but the label).")
+    factory: Optional[str] = opt(None, "python: `module:function` returning (train, val or None, test or None) "
+                                       "datasets of (x, y) pairs or (x, y) tensor tuples.")
+    num_workers: int = opt(0, "DataLoader worker processes for file-backed (streamed) sources.", min=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = opt("mlp", "Network family.", choices=("mlp", "cnn", "resnet", "python"))
+    hidden: list[int] = opt([128, 64], "mlp: hidden layer widths.", item_min=1)
+    activation: str = opt("relu", "Nonlinearity after each (normalized) hidden layer; none on the output.",
+                          choices=ACTIVATIONS)
+    dropout: float = opt(0.0, "Dropout probability after each hidden activation.", min=0.0, max=0.95)
+    norm: str = opt("none", "Normalization layer placed after each linear/conv layer and before its "
+                            "nonlinearity (BatchNorm paper order).", choices=NORMS)
+    groups: int = opt(8, "GroupNorm groups; must divide every normalized layer's width.", min=1)
+    channels: list[int] = opt([32, 64], "cnn: conv channels per stage (each stage: conv, norm, act, pool).",
+                              item_min=1)
+    kernel: int = opt(3, "cnn: convolution kernel size (odd keeps the spatial size).", min=1)
+    pool: str = opt("max", "cnn: 2x2 pooling after each stage.", choices=("max", "avg", "none"))
+    head_hidden: int = opt(128, "cnn: width of the linear layer before the output (0: none).", min=0)
+    depth: int = opt(20, "resnet: total layers, 6n+2 (20, 32, 44, 56...), three stages of n basic blocks.",
+                     min=8)
+    width: int = opt(16, "resnet: channels of the first stage (doubled at each of the next two).", min=1)
+    factory: Optional[str] = opt(None, "python: `module:factory` returning an nn.Module that outputs logits.")
+    kwargs: dict = opt({}, "python: keyword arguments passed to the factory.")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    weights: str = opt("kaiming_normal", "Weight init of linear/conv layers; zeros is refused (symmetry).",
+                       choices=INITS)
+    gain: Optional[float] = opt(None, "xavier/orthogonal gain; default: the activation's recommended gain.",
+                                min=0.0, min_exclusive=True)
+    mode: str = opt("fan_in", "kaiming: preserve forward (fan_in) or backward (fan_out) variance.",
+                    choices=("fan_in", "fan_out"))
+    nonlinearity: str = opt("auto", "kaiming/xavier/orthogonal: the gain's nonlinearity (auto: model.activation).",
+                            choices=("auto",) + ACTIVATIONS + ("linear",))
+    std: float = opt(0.02, "normal: standard deviation.", min=0.0, min_exclusive=True)
+    bias: float = opt(0.0, "Constant for every bias.")
+    lsuv_tol: float = opt(0.1, "lsuv: tolerance on each layer's output std around 1.", min=0.0,
+                          min_exclusive=True)
+    lsuv_iters: int = opt(10, "lsuv: maximum rescaling attempts per layer.", min=1)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = opt("adam", "Update rule.", choices=OPTIMIZERS)
+    lr: float = opt(1e-3, "Base learning rate (find it with `nnrun lr-find`).", min=0.0, min_exclusive=True)
+    momentum: float = opt(0.9, "sgd/rmsprop: momentum (0 disables).", min=0.0, max=1.0)
+    nesterov: bool = opt(False, "sgd: Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = opt(0.0, "L2 penalty (adam, sgd, ...) or decoupled decay (adamw).", min=0.0)
+    betas: list[float] = opt([0.9, 0.999], "adam/adamw: decay rates of the first and second moments.",
+                             item_min=0.0)
+    eps: float = opt(1e-8, "adam/adamw/rmsprop/adagrad: denominator term.", min=0.0, min_exclusive=True)
+    alpha: float = opt(0.99, "rmsprop: smoothing constant of the squared-gradient average.", min=0.0, max=1.0)
+    centered: bool = opt(False, "rmsprop: normalize by the gradient's estimated variance.")
+    fused: str = opt("auto", "Fused/foreach kernels: auto uses the fastest numerically equivalent one.",
+                     choices=("auto", "on", "off"))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = opt("constant", "Learning-rate schedule.", choices=("constant",))
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    policy: str = opt("none", "Gradient clip policy.", choices=("none",))
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    strategy: str = opt("none", "Ensemble strategy at training time.", choices=("none",))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = opt(10, "Passes over the training set (fractions allowed).", min=0.0, min_exclusive=True)
+    loss: str = opt("cross_entropy", "Loss on raw outputs (logits): no activation on the output layer.",
+                    choices=LOSSES)
+    label_smoothing: float = opt(0.0, "cross_entropy: share of probability spread over the other classes.",
+                                 min=0.0, max=0.99)
+    device: str = opt("auto", "auto picks cuda when available.", choices=("auto", "cpu", "cuda"))
+    monitor: str = opt("auto", "Metric that picks the best checkpoint (auto: val_acc for classification, "
+                               "val_loss for regression).")
+    save_top_k: int = opt(3, "Keep the best K checkpoints by the monitor, plus last.pt.", min=0)
+    patience: Optional[int] = opt(None, "Stop early after this many evaluations without improvement.", min=1)
+    eval_every: int = opt(1, "Evaluate on the validation split every N epochs (and at the end).", min=1)
+    threads: Optional[int] = opt(None, "torch CPU threads (default: torch's choice).", min=1)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = opt(True, "Write TensorBoard event files under <run>/tb.")
+    every_n_steps: int = opt(50, "Scalar logging interval in optimizer steps (no per-step host sync).",
+                             min=1)
+    histograms_every: int = opt(0, "Weight and gradient histograms every N steps (0: off).", min=0)
+    progress: str = opt("auto", "auto: a progress bar on a terminal, plain lines otherwise.",
+                        choices=("auto", "bar", "plain", "none"))
+    refresh_per_second: float = opt(4.0, "Progress redraws per second (throttled).", min=0.0,
+                                    min_exclusive=True)
+    run_dir: str = opt("runs", "Parent folder of run directories: <run_dir>/<name>/<timestamp>/.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = opt("recipe", "Run name (default: the recipe file's name).")
+    seed: int = opt(0, "Seeds init, data split and order, dropout: same recipe + seed, same numbers on CPU.",
+                    min=0)
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "Data source, split, batching, whitening."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "Architecture and normalization."})
+    init: InitConfig = field(default_factory=InitConfig, metadata={"doc": "Weight initialization."})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata={"doc": "Update rule."})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"doc": "Learning-rate schedule."})
+    clip: ClipConfig = field(default_factory=ClipConfig, metadata={"doc": "Gradient clipping."})
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata={"doc": "Ensembles."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "The loop."})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "Logging and progress."})
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(f.default_factory))

@@ -1,0 +1,54 @@
+"""What every subcommand shares: consoles, error rendering, recipe arguments."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+import click
+
+
+def err_console():
+    """Progress, tables and errors go to stderr; results go to stdout."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def out_console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def run_guarded(fn: Callable, *, debug: bool):
+    """Call fn; an NnrunError (or a missing file, or Ctrl-C) ends in one message, not a traceback."""
+    from rich.markup import escape
+
+    from nnrun.errors import NnrunError
+
+    try:
+        return fn()
+    except NnrunError as exc:
+        if debug:
+            raise
+        err_console().print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err_console().print("[yellow]aborted[/]")
+        sys.exit(130)
+
+
+def split_recipe_args(args: Sequence[str], *, required: bool = True) -> tuple[str | None, list[str]]:
+    """`RECIPE key=value ...` -> (recipe, overrides); the recipe is the first arg without '='."""
+    recipe, overrides = None, []
+    for arg in args:
+        if "=" in arg or recipe is not None:
+            overrides.append(arg)
+        else:
+            recipe = arg
+    if recipe is None and required:
+        raise click.UsageError("missing RECIPE (a .yaml file or a shipped recipe name; see `nnrun recipes`)")
+    return recipe, overrides

@@ -1,0 +1,65 @@
+"""Callbacks that turn the loop's events into files: metrics.jsonl and checkpoints.
+
+They are attached only on the main process (see :mod:`nnrun.distributed`), so the loop itself
+stays free of file I/O and ready for DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from nnrun.checkpoint import CheckpointSaver
+from nnrun.errors import OutputError
+from nnrun.trainer import Callback, Trainer
+
+
+class MetricsFile(Callback):
+    """One JSON object per evaluation in `metrics.jsonl`.
+
+    On start (a resume included) the file is rewritten from the history held in the state, so
+    it always agrees with the checkpoint the run continues from.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        try:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}",
+                              hint="choose a writable folder with --run-dir") from exc
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Checkpointing(Callback):
+    """`last.pt` after every evaluation and at the end (stop or interrupt, mid-epoch included),
+    plus the best `save_top_k` by the monitor, named `epoch012-val_acc=0.9812.pt`."""
+
+    def __init__(self, folder: Path, *, monitor: str, mode: str, top_k: int):
+        self.saver = CheckpointSaver(folder, monitor=monitor, mode=mode, top_k=top_k)
+        self.last_path: Path | None = None
+        self._saved_step = -1
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        payload = trainer.state_dict()
+        epoch = math.ceil(record["epoch"])  # a fractional last epoch counts as the epoch it ends in
+        self.saver.save_ranked(payload, epoch=epoch, step=trainer.state.step,
+                               value=record.get(self.saver.monitor))
+        self.last_path = self.saver.save_last(payload)
+        self._saved_step = trainer.state.step
+
+    def on_fit_end(self, trainer: Trainer, reason: str) -> None:
+        if trainer.state.step != self._saved_step:
+            self.last_path = self.saver.save_last(trainer.state_dict())
+            self._saved_step = trainer.state.step
+
+    @property
+    def best_path(self) -> Path | None:
+        best = self.saver.best()
+        return self.saver.folder / best["file"] if best else None

@@ -1,0 +1,111 @@
+"""Cross-field recipe checks: combinations that are each valid alone but fail together.
+
+They run at validation time, before any data is read, so a recipe that validates does not fail
+later for a reason the recipe could have shown. Each check returns ``(key path, message)``.
+"""
+
+from __future__ import annotations
+
+from nnrun.config import Recipe
+
+# What the built-in sources are known to hold, so shape and task checks can run before loading.
+KNOWN_SOURCES = {
+    "digits": ("classification", (1, 8, 8)),
+    "mnist": ("classification", (1, 28, 28)),
+    "fashion-mnist": ("classification", (1, 28, 28)),
+    "cifar10": ("classification", (3, 32, 32)),
+    "image-folder": ("classification", None),
+}
+FILE_SOURCES = ("mnist", "fashion-mnist", "cifar10", "csv", "npz", "image-folder")
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
+
+Problem = tuple[tuple, str]
+
+
+def known_task(recipe: Recipe) -> str | None:
+    """The task when the recipe fixes it (explicitly or through a built-in source), else None."""
+    if recipe.data.task != "auto":
+        return recipe.data.task
+    return KNOWN_SOURCES.get(recipe.data.source, (None, None))[0]
+
+
+def _split_problem(text: str) -> Problem:
+    """'model.groups: message' -> (('model', 'groups'), 'message')."""
+    head, sep, message = text.partition(": ")
+    if sep and " " not in head:
+        return tuple(head.split(".")), message
+    return (), text
+
+
+def data_problems(recipe: Recipe) -> list[Problem]:
+    d = recipe.data
+    out = []
+    if d.source in FILE_SOURCES and not d.path:
+        out.append((("data", "path"), f"source `{d.source}` reads files: set data.path to the "
+                                      f"{'file' if d.source in ('csv', 'npz') else 'folder'} that holds them"))
+    if d.source == "python" and not d.factory:
+        out.append((("data", "factory"), "source `python` needs data.factory: `module:function`"))
+    if d.feature_columns is not None and d.source != "csv":
+        out.append((("data", "feature_columns"), "only used by source `csv`; remove it"))
+    return out
+
+
+def monitor_problems(recipe: Recipe) -> list[Problem]:
+    from nnrun.metrics import metric_names
+
+    t = recipe.train
+    task = known_task(recipe)
+    has_val = recipe.data.val_fraction > 0 or recipe.data.source == "python"
+    out = []
+    monitor = t.monitor
+    if monitor != "auto":
+        if task is None:
+            both = sorted(set(metric_names("classification")) | set(metric_names("regression")))
+            if monitor not in both:
+                out.append((("train", "monitor"), f"`{monitor}` is not a metric nnrun produces; "
+                                                  f"choose one of {', '.join(both)}"))
+            elif monitor not in set(metric_names("classification")) & set(metric_names("regression")):
+                out.append((("data", "task"), f"train.monitor `{monitor}` exists for one task only: "
+                                              "set data.task to classification or regression"))
+        elif monitor not in metric_names(task):
+            from nnrun.errors import did_you_mean
+
+            names = metric_names(task)
+            out.append((("train", "monitor"), f"`{monitor}` is not produced by a {task} task"
+                                              f"{did_you_mean(monitor, names)}; choose one of {', '.join(names)}"))
+    uses_val = monitor.startswith("val_") or monitor == "auto" or t.patience is not None
+    if not has_val and uses_val:
+        out.append((("data", "val_fraction"), "is 0, so there is no validation split for the monitor or "
+                                              "early stopping: set it (e.g. 0.1) or set train.monitor: train_loss"))
+    return out
+
+
+def optimizer_problems(recipe: Recipe) -> list[Problem]:
+    o = recipe.optimizer
+    out = []
+    if o.nesterov and o.name != "sgd":
+        out.append((("optimizer", "nesterov"), f"applies to sgd only, not {o.name}; remove it"))
+    elif o.nesterov and o.momentum <= 0:
+        out.append((("optimizer", "nesterov"), "needs optimizer.momentum > 0 (e.g. 0.9)"))
+    if len(o.betas) != 2 or any(not 0 <= b < 1 for b in o.betas):
+        out.append((("optimizer", "betas"), f"got {o.betas}; expected two numbers in [0, 1), e.g. [0.9, 0.999]"))
+    if o.fused == "on" and o.name not in FUSED_OPTIMIZERS:
+        out.append((("optimizer", "fused"), f"no fused kernel for {o.name}; use auto or off"))
+    return out
+
+
+def cross_field_problems(recipe: Recipe) -> list[Problem]:
+    """Every cross-field problem of a recipe whose fields are each valid."""
+    from nnrun.init import init_problems
+    from nnrun.losses import loss_problems
+    from nnrun.models import model_problems
+
+    shape = KNOWN_SOURCES.get(recipe.data.source, (None, None))[1]
+    task = known_task(recipe)
+    out = data_problems(recipe) + monitor_problems(recipe) + optimizer_problems(recipe)
+    out += [_split_problem(p) for p in model_problems(recipe.model, input_shape=shape)]
+    out += [_split_problem(p) if p.startswith("init.") else (("init", "weights"), p)
+            for p in init_problems(recipe.init)]
+    out += [_split_problem(p) if p.startswith("train.") else (("train", "loss"), p)
+            for p in loss_problems(recipe.train, task=task)]
+    return out

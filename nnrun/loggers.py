@@ -1,0 +1,49 @@
+"""TensorBoard logging (the only module that imports tensorboard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnrun.trainer import Callback, Trainer
+
+
+class TensorBoard(Callback):
+    """Scalars every `log.every_n_steps` steps and per evaluation; histograms when asked.
+
+    Scalars: `train/loss`, `val/loss`, `val/acc` (or `val/mae`, `val/rmse`), `lr/<group>`,
+    `grad_norm`, `throughput/samples_per_s`. A resumed run purges events past its checkpoint's
+    step, so curves do not double back.
+    """
+
+    def __init__(self, folder: Path, *, histograms_every: int = 0):
+        self.folder, self.histograms_every = Path(folder), histograms_every
+        self.writer = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        step = trainer.state.step
+        self.writer = SummaryWriter(str(self.folder), purge_step=step if step > 0 else None)
+
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            self.writer.add_scalar(key, value, trainer.state.step)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.histograms_every and trainer.state.step % self.histograms_every == 0:
+            for name, p in trainer.model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", p.detach().cpu(), trainer.state.step)
+                if p.grad is not None:
+                    self.writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), trainer.state.step)
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        for key, value in record.items():
+            if key.startswith("val_") and value is not None:
+                self.writer.add_scalar("val/" + key[4:], value, trainer.state.step)
+        if record.get("train_loss") is not None:
+            self.writer.add_scalar("train/epoch_loss", record["train_loss"], trainer.state.step)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer, reason: str) -> None:
+        if self.writer is not None:
+            self.writer.close()

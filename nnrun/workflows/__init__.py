@@ -1,0 +1,1 @@
+"""Use cases, one module each, usable from Python without the CLI."""

@@ -1,0 +1,165 @@
+"""`nnrun train` as a function: recipe -> trained run folder.
+
+The run folder holds `recipe.yaml` (resolved), `metrics.jsonl`, `tb/` and `checkpoints/`.
+Ctrl-C and SIGTERM stop the loop at the next step boundary and save `last.pt` with the position
+inside the epoch and every RNG state, so `--resume` continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from nnrun import recipe as recipe_io
+from nnrun.config import Recipe
+from nnrun.errors import OutputError
+from nnrun.trainer import Callback, LoopSettings, Trainer
+
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    monitor: str
+    best: dict | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: list[dict]
+    stop_reason: str
+    steps: int
+    seconds: float
+    signal: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """`<log.run_dir>/<name>/<timestamp>/`, never reusing an existing folder."""
+    base = Path(recipe.log.run_dir) / recipe.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def prepare_run_dir(path: Path, recipe: Recipe) -> Path:
+    """Create the run folder and write the resolved recipe, or explain why it cannot."""
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (path / "recipe.yaml").write_text(recipe_io.dump(recipe))
+    except OSError as exc:
+        raise OutputError(f"cannot write the run folder {path}: {exc.strerror}",
+                          hint="choose a writable folder with --run-dir or log.run_dir=...") from exc
+    return path
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
+    """SIGINT/SIGTERM ask the trainer to stop at the next step; a second SIGINT aborts."""
+    caught: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught["signal"] = signal.Signals(signum).name
+        trainer.request_stop(INTERRUPTED)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | None = None,
+        device: str | None = None, callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
+        handle_signals: bool = True) -> TrainResult:
+    """Train a recipe; with `resume`, continue the run that wrote that checkpoint exactly.
+
+    Args:
+        recipe: a validated recipe.
+        run_dir: where to write; default a new `<log.run_dir>/<name>/<timestamp>/`, or the
+            resumed run's own folder.
+        resume: a checkpoint file or run folder to continue from.
+        device: overrides `train.device` (auto, cpu, cuda).
+        callbacks: extra callbacks (e.g. the CLI's progress display).
+        base_dir: folder that relative data paths are resolved against (the recipe's folder).
+        handle_signals: install the Ctrl-C / SIGTERM handlers (main thread only).
+    """
+    import torch
+
+    from nnrun import checkpoint
+    from nnrun.build import build, monitor_of, resolve_device
+    from nnrun.callbacks import Checkpointing, MetricsFile
+    from nnrun.distributed import is_main_process
+    from nnrun.loggers import TensorBoard
+
+    payload = checkpoint.load(resume) if resume is not None else None
+    if payload is not None and run_dir is None:
+        run_dir = Path(payload["path"]).parent.parent
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(recipe)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    dev = resolve_device(device or recipe.train.device)
+    c = build(recipe, device=dev, base_dir=base_dir,
+              normalizer=payload["normalization"] if payload else None)
+    monitor, mode = monitor_of(recipe, c.data.task)
+    settings = LoopSettings(total_steps=c.total_steps, log_every=recipe.log.every_n_steps,
+                            eval_every=recipe.train.eval_every, monitor=monitor, mode=mode,
+                            patience=recipe.train.patience)
+    writers: list[Callback] = []
+    saver = None
+    if is_main_process():
+        prepare_run_dir(run_dir, recipe)
+        saver = Checkpointing(run_dir / "checkpoints", monitor=monitor, mode=mode, top_k=recipe.train.save_top_k)
+        writers = [MetricsFile(run_dir / "metrics.jsonl"), saver]
+        if recipe.log.tensorboard:
+            writers.insert(0, TensorBoard(run_dir / "tb", histograms_every=recipe.log.histograms_every))
+    trainer = Trainer(c, settings, [*callbacks, *writers])
+    if payload is not None:
+        _load_for_resume(trainer, payload)
+    start = time.perf_counter()
+    with (stop_on_signals(trainer) if handle_signals else contextlib.nullcontext({})) as caught:
+        state = trainer.fit()
+    return TrainResult(run_dir=run_dir, monitor=monitor, best=state.best,
+                       best_checkpoint=saver.best_path if saver else None,
+                       last_checkpoint=saver.last_path if saver else None, history=state.history,
+                       stop_reason=state.stop_reason or "finished", steps=state.step,
+                       seconds=time.perf_counter() - start, signal=caught.get("signal"))
+
+
+def _load_for_resume(trainer: Trainer, payload: dict) -> None:
+    """Restore the trainer, turning a model that does not fit the checkpoint into a clear error."""
+    from nnrun.errors import CheckpointError
+
+    try:
+        trainer.load_state_dict(payload)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{payload['path']} does not fit this recipe's model or optimizer ({first})",
+                              hint="resume with the run's own recipe (omit RECIPE) or a compatible one") from exc
+
+
+def resume_recipe(resume: Path | str, overrides: Sequence[str] = ()) -> Recipe:
+    """The recipe stored in a checkpoint, with command-line overrides (e.g. `train.epochs=20`)."""
+    from nnrun import checkpoint
+
+    payload = checkpoint.load(resume)
+    return recipe_io.validate(payload["recipe"], source=recipe_io.Source(f"{payload['path']} (stored recipe)"),
+                              overrides=overrides)

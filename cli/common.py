@@ -32,7 +32,7 @@ def run_guarded(fn: Callable, *, debug: bool):
     except NnrunError as exc:
         if debug:
             raise
-        err_console().print(f"[bold red]error:[/] {escape(str(exc))}")
+        err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:

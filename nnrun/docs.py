@@ -1,0 +1,72 @@
+"""The README's recipe reference, generated from the schema so it cannot drift.
+
+`python -m nnrun.docs` prints the markdown between the README's reference markers; a test
+fails when the README's copy differs (regenerate with `python -m nnrun.docs --write README.md`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from nnrun.config import Recipe
+
+BEGIN, END = "<!-- recipe-reference:begin -->", "<!-- recipe-reference:end -->"
+
+
+def _default(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value is None:
+        return "`null`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return ", ".join(f"`{c}`" for c in meta["choices"])
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi}"
+    if lo is not None:
+        return f"{'>' if meta.get('min_exclusive') else '≥'} {lo}"
+    return ""
+
+
+def reference() -> str:
+    """Markdown tables, one per recipe section, listing every key with default and practice."""
+    lines = ["| key | default | allowed | practice |", "|---|---|---|---|"]
+    hints = typing.get_type_hints(Recipe)
+    for f in dataclasses.fields(Recipe):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"| `{f.name}` | {_default(f)} | {_allowed(f)} | {f.metadata['doc']} |")
+    out = ["Top level:", "", *lines, ""]
+    for f in dataclasses.fields(Recipe):
+        section = hints[f.name]
+        if not dataclasses.is_dataclass(section):
+            continue
+        out += [f"`{f.name}:` {f.metadata['doc']}", "", "| key | default | allowed | practice |", "|---|---|---|---|"]
+        for sub in dataclasses.fields(section):
+            out.append(f"| `{f.name}.{sub.name}` | {_default(sub)} | {_allowed(sub)} | "
+                       f"{sub.metadata['doc'].replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def splice(readme: str) -> str:
+    """README text with the reference block replaced by the generated one."""
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{reference()}{END}{tail}"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        path.write_text(splice(path.read_text()))
+    else:
+        print(reference(), end="")

@@ -47,6 +47,8 @@ def _summary(console, result) -> None:
     from rich.table import Table
 
     table = Table(title="run summary", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     best = result.best
     table.add_row("run folder", escape(str(result.run_dir)))
     table.add_row("stopped", escape(result.stop_reason) + (f" ({result.signal})" if result.signal else ""))

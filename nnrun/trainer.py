@@ -104,6 +104,9 @@ class Trainer:
             cb.on_fit_start(self)
         reason = "finished"
         while s.step < self.settings.total_steps:
+            if self._stop_requested:  # e.g. Ctrl-C during an evaluation
+                reason = self._stop_requested
+                break
             self._run_epoch()
             if self._stop_requested:
                 reason = self._stop_requested

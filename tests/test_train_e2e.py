@@ -201,3 +201,86 @@ def test_help_does_not_import_torch():
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_missing_data_folder_is_a_clean_error(tmp_path):
+    res = CliRunner().invoke(main, ["train", "mnist-mlp", f"data.path={tmp_path}/nowhere"])
+    assert res.exit_code == 2 and "nowhere" in res.stderr and "Traceback" not in res.output
+
+
+def test_truncated_mnist_file_is_named(tmp_path):
+    import gzip
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, magic, dims in [("train-images-idx3-ubyte", 2051, (5, 28, 28)), ("train-labels-idx1-ubyte", 2049, (5,))]:
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+        with gzip.open(folder / f"{name}.gz", "wb") as f:
+            f.write(header + bytes(10))  # far fewer bytes than declared
+    res = CliRunner().invoke(main, ["train", "mnist-mlp", f"data.path={folder}"])
+    assert res.exit_code == 2 and "truncated" in res.stderr and "train-images-idx3-ubyte" in res.stderr
+
+
+def test_histograms_when_asked(tiny_recipe, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert invoke("train", tiny_recipe, "--run-dir", run, "log.histograms_every=10", "train.epochs=1").exit_code == 0
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()["histograms"]
+    assert "weights/head.weight" in tags and "grads/head.weight" in tags
+
+
+def test_early_stopping_carries_its_reason(tiny_recipe, tmp_path):
+    # lr so small that nothing improves after the first evaluation by much; patience 1 stops early
+    r = recipe_io.load(tiny_recipe, ["train.epochs=30", "train.patience=1", "train.monitor=val_loss",
+                                     "optimizer.lr=1e-9"])
+    res = train_wf.run(r, run_dir=tmp_path / "run", handle_signals=False)
+    assert res.stop_reason.startswith("early stopping: val_loss did not improve for 1 evaluations")
+    assert len(res.history) < 30
+
+
+def test_regression_from_npz_end_to_end(tmp_path, write_recipe):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0], dtype="float32")).astype("float32")
+    np.savez(tmp_path / "reg.npz", x=x, y=y)
+    path = write_recipe("""\
+        data: {source: npz, path: reg.npz, batch_size: 32}
+        model: {hidden: [32]}
+        optimizer: {lr: 1e-2}
+        train: {epochs: 15, loss: mse}
+        log: {progress: none, tensorboard: false}
+        """)
+    run = tmp_path / "run"
+    res = invoke("train", path, "--run-dir", run)
+    assert res.exit_code == 0, res.output
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_mae", "val_rmse"} <= last.keys() and "val_acc" not in last
+    assert last["val_rmse"] < 0.5 * float(np.std(y))  # learnt the linear map well beyond the mean
+    out = tmp_path / "p.csv"
+    assert invoke("predict", run, "--out", out).exit_code == 0
+    assert out.read_text().splitlines()[0] == "index,target_0,prediction_0"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.arch=cnn", "model.channels=[8]", "model.head_hidden=16", "model.norm=group", "model.groups=4"],
+    ["model.arch=resnet", "model.depth=8", "model.width=4", "model.norm=batch"],
+    ["init.weights=lsuv", "model.norm=layer"],
+])
+def test_architectures_train_on_digits(tiny_recipe, tmp_path, overrides):
+    r = recipe_io.load(tiny_recipe, ["train.epochs=1", "data.limit=300", *overrides])
+    res = train_wf.run(r, run_dir=tmp_path / "run", handle_signals=False)
+    assert res.steps > 0 and res.last_checkpoint.is_file()
+    assert res.history[-1]["val_loss"] == res.history[-1]["val_loss"] < 10  # finite, not diverged
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_95_percent(tmp_path):
+    res = invoke("train", "quickstart", "--run-dir", tmp_path / "run", "log.progress=none")
+    assert res.exit_code == 0, res.output
+    best = max(json.loads(x)["val_acc"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert best >= 0.95

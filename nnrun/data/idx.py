@@ -87,10 +87,10 @@ def load_pair(folder: Path, split: str, source: str) -> TensorSplit:
         raise DataError(f"{img_path.name} holds {images.shape[0]} images but {lbl_path.name} holds "
                         f"{labels.shape[0]} labels", where=str(folder),
                         hint="the two files come from different downloads: download both again")
-    x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)  # [N, 1, H, W]
+    x = torch.from_numpy(images.copy()).unsqueeze(1)  # [N, 1, H, W] uint8 (frombuffer is read-only)
     y = torch.from_numpy(labels.astype(np.int64))
     check_pair(x, y, where=str(img_path), split=split)
-    return TensorSplit(x, y)
+    return TensorSplit(x.float(), y)
 
 
 def load_idx(cfg, path: Path | None, with_test: bool) -> SourceData:

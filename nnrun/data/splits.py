@@ -229,6 +229,8 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, *, where: str, split: str) -> N
 
 def check_finite(t: torch.Tensor, *, where: str, what: str) -> None:
     """DataError naming how many values are NaN/Inf and the first example holding one."""
+    if not t.is_floating_point():  # integer data (IDX, CIFAR bytes) cannot hold NaN/Inf
+        return
     bad = ~torch.isfinite(t)
     if not bool(bad.any()):
         return

@@ -18,17 +18,29 @@ COMMANDS = {
     "check": ("check", "Validate a recipe and print it with every default filled in."),
     "recipes": ("recipes", "List the recipes that ship with nnrun."),
     "predict": ("predict", "Write predictions of a checkpoint and print its metrics."),
+    "lr-find": ("lr_find", "Learning-rate range test with a suggestion and a plot."),
+    "overfit-one-batch": ("overfit", "Debugging checklist: can the model memorize one batch?"),
+    "ensemble": ("ensemble", "Average checkpoints' predictions (or weights)."),
+    "search": ("search", "Random / coarse-to-fine hyperparameter search with Optuna."),
+    "schedule": ("schedule", "Draw a recipe's learning-rate and momentum schedule without training."),
 }
+
+
+def available() -> dict[str, tuple[str, str]]:
+    """The commands whose module is present (found without importing it)."""
+    from importlib.util import find_spec
+
+    return {name: entry for name, entry in COMMANDS.items() if find_spec(f"{__name__}.{entry[0]}") is not None}
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands live in their own modules and load on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return list(available())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
+        if name not in available():
             return None
         module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
         return module.command
@@ -36,7 +48,7 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The short help comes from COMMANDS so listing commands imports nothing.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+            formatter.write_dl([(name, help_) for name, (_, help_) in available().items()])
 
     def invoke(self, ctx: click.Context):
         """Run the subcommand; user mistakes become one clear message and exit code 2."""

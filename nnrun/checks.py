@@ -108,4 +108,8 @@ def cross_field_problems(recipe: Recipe) -> list[Problem]:
             for p in init_problems(recipe.init)]
     out += [_split_problem(p) if p.startswith("train.") else (("train", "loss"), p)
             for p in loss_problems(recipe.train, task=task)]
+    if recipe.search:
+        from nnrun.search.space import search_problems
+
+        out += search_problems(recipe.search, recipe)
     return out

@@ -181,6 +181,7 @@ class Recipe:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata={"doc": "Ensembles."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "The loop."})
     log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "Logging and progress."})
+    search: dict = opt({}, "Hyperparameter search space and stages for `nnrun search` (ignored by train).")
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(f.default_factory))

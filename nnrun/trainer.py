@@ -125,24 +125,19 @@ class Trainer:
         return s
 
     def _run_epoch(self) -> None:
-        s, device = self.state, self.c.device
+        s = self.state
         self.model.train()
         if s.epoch_loss_sum is None:
-            s.epoch_loss_sum, s.epoch_examples = torch.zeros((), device=device), 0
-        for x, y in self.c.train_batches.epoch(s.epoch, start=s.batch):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            s.epoch_loss_sum, s.epoch_examples = torch.zeros((), device=self.c.device), 0
+        for batch in self.c.train_batches.epoch(s.epoch, start=s.batch):
             self._set_lr(self.c.schedule.factor(s.step))
-            loss = self.loss_fn(self.model(x), y)
-            loss.backward()
             log_now = (s.step + 1) % self.settings.log_every == 0
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]) \
-                if log_now else None
-            self.optimizer.step()
+            loss, n, grad_norm = self.train_step([batch], want_grad_norm=log_now)
             s.step, s.batch = s.step + 1, s.batch + 1
-            self.last_loss = loss.detach()
-            s.epoch_loss_sum += self.last_loss * len(y)
-            s.epoch_examples += len(y)
-            self._examples_since_log += len(y)
+            self.last_loss = loss
+            s.epoch_loss_sum += loss * n
+            s.epoch_examples += n
+            self._examples_since_log += n
             for cb in self.callbacks:
                 cb.on_step_end(self)
             if log_now:
@@ -150,6 +145,32 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self._stop_requested or s.step >= self.settings.total_steps:
                 break
+
+    def train_step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                   want_grad_norm: bool = False) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """One optimizer step on `batches` (micro-batches of one step): forward, loss, backward, step.
+
+        Gradients are left in place for callbacks; the caller zeroes them. Reused by lr-find and
+        overfit-one-batch so they train exactly as `nnrun train` does.
+
+        Returns:
+            (mean loss as a device tensor, examples seen, total gradient norm if asked).
+        """
+        device = self.c.device
+        total = sum(len(y) for _, y in batches)
+        loss_sum = None
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = self.loss_fn(self.model(x), y)
+            # Weight each micro-batch by its share of the examples: the summed gradient then equals
+            # the gradient of one batch of all of them, also when the last one is smaller.
+            (loss * (len(y) / total) if len(batches) > 1 else loss).backward()
+            part = loss.detach() * len(y)
+            loss_sum = part if loss_sum is None else loss_sum + part
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]) \
+            if want_grad_norm else None
+        self.optimizer.step()
+        return loss_sum / total, total, grad_norm
 
     def _set_lr(self, factor: float) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):

@@ -24,6 +24,8 @@ def command(args, run_dir, resume, device):
     """
     from pathlib import Path
 
+    from rich.markup import escape
+
     from nnrun import recipe as recipe_io
     from nnrun.cli.progress import make_progress
     from nnrun.workflows.train import run, resume_recipe
@@ -34,7 +36,7 @@ def command(args, run_dir, resume, device):
     progress = make_progress(recipe.log.progress, console, recipe.log.refresh_per_second)
     console.print(f"[bold]nnrun train[/] {recipe.name}: {recipe.model.arch} on {recipe.data.source}, "
                   f"{recipe.optimizer.name} lr={recipe.optimizer.lr:g}, {recipe.train.epochs:g} epochs")
-    result = run(recipe, run_dir=Path(run_dir) if run_dir else None, resume=resume, device=device,
+    result = run(recipe, notes=lambda lines: [console.print(f"  {escape(n)}") for n in lines], run_dir=Path(run_dir) if run_dir else None, resume=resume, device=device,
                  callbacks=[progress] if progress else [])
     _summary(console, result)
     out_console().print(str(result.best_checkpoint or result.last_checkpoint or result.run_dir))

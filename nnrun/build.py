@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class Components:
     train_batches: Any          # nnrun.data.batching.Batches
     val_batches: Any | None
     total_steps: int
+    notes: list[str] = field(default_factory=list)  # what the build did that a person should see
 
     def data_info(self) -> dict:
         """What predict/ensemble need to know about the data without loading it."""
@@ -108,17 +109,49 @@ def build_model(recipe: Recipe, data: Any, *, device: torch.device) -> nn.Module
     return model.to(device)
 
 
+def load_pretrained(model: nn.Module, source: str) -> str:
+    """`init.from`: non-strict load of an nnrun checkpoint's (or a plain state dict's) weights.
+
+    Tensors whose shape differs (a new head, say) are skipped like missing ones; the returned
+    note lists what was loaded, missing, unexpected and skipped.
+    """
+    from nnrun import checkpoint
+    from nnrun.errors import CheckpointError
+
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"init.from: {path} does not exist", hint="give an nnrun .pt file or a state-dict file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the safe loader names the problem
+        blob = checkpoint.load(path)
+    state = blob.get("model", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"init.from: {path} holds no state dict of tensors",
+                              hint="give an nnrun checkpoint or a file saved with torch.save(model.state_dict())")
+    own = model.state_dict()
+    shape_skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in shape_skipped}, strict=False)
+    loaded = len(state) - len(shape_skipped) - len(result.unexpected_keys)
+    parts = [f"init.from {path.name}: loaded {loaded} tensors"]
+    for label, keys in (("missing (kept their init)", result.missing_keys),
+                        ("unexpected (ignored)", result.unexpected_keys), ("shape differs (kept init)", shape_skipped)):
+        if keys:
+            parts.append(f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+    return "; ".join(parts)
+
+
 def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
           normalizer: dict | None = None) -> Components:
     """Build every component of a training run from a validated recipe."""
     from nnrun.data.batching import make_batches
+    from nnrun.freeze import check_patterns
     from nnrun.losses import build_loss
-    from nnrun.optim import build_optimizer
-    from nnrun.schedules import build_schedule
+    from nnrun.optim import build_optimizer, describe_groups
+    from nnrun.schedules import build_schedule, schedule_problems
 
     seed_everything(recipe.seed)
     data, normalizer = build_data(recipe, base_dir=base_dir, normalizer=normalizer)
-    monitor_of(recipe, data.task)  # a csv/npz task is only known now
     d = recipe.data
     train_batches = make_batches(data.train, batch_size=d.batch_size, shuffle=d.shuffle, seed=recipe.seed,
                                  drop_last=d.drop_last, num_workers=d.num_workers, device=device)
@@ -129,9 +162,17 @@ def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
         data.val, batch_size=d.eval_batch_size, shuffle=False, seed=recipe.seed,
         num_workers=d.num_workers, device=device)
     model = build_model(recipe, data, device=device)
+    notes = [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
+    check_patterns(recipe.model, model)
     optimizer = build_optimizer(recipe.optimizer, model, device=device)
+    notes += describe_groups(optimizer) if len(optimizer.param_groups) > 1 else []
     total_steps = max(1, math.ceil(recipe.train.epochs * len(train_batches)))
-    schedule = build_schedule(recipe.schedule, steps_per_epoch=len(train_batches), total_steps=total_steps)
+    problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=len(train_batches))
+    if problems and recipe.schedule.unit == "steps":
+        raise RecipeError([f"`{'.'.join(p)}`: {m}" for p, m in problems])
+    monitor, mode = monitor_of(recipe, data.task)
+    schedule = build_schedule(recipe.schedule, steps_per_epoch=len(train_batches), total_steps=total_steps,
+                              lr=recipe.optimizer.lr, monitor_mode=mode, momentum=recipe.optimizer.momentum_schedule)
     loss_fn = build_loss(recipe.train, task=data.task)
     return Components(recipe, device, data, normalizer, model, optimizer, schedule, loss_fn,
-                      train_batches, val_batches, total_steps)
+                      train_batches, val_batches, total_steps, notes)

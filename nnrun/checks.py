@@ -91,6 +91,44 @@ def optimizer_problems(recipe: Recipe) -> list[Problem]:
         out.append((("optimizer", "betas"), f"got {o.betas}; expected two numbers in [0, 1), e.g. [0.9, 0.999]"))
     if o.fused == "on" and o.name not in FUSED_OPTIMIZERS:
         out.append((("optimizer", "fused"), f"no fused kernel for {o.name}; use auto or off"))
+    for i, kind in enumerate(o.no_decay):
+        if kind not in ("bias", "norm"):
+            from nnrun.errors import did_you_mean
+
+            out.append((("optimizer", "no_decay", i), f"`{kind}` is not a kind; allowed: bias, norm"
+                                                       f"{did_you_mean(kind, ['bias', 'norm'])}"))
+    if o.groups and o.discriminative is not None:
+        out.append((("optimizer", "discriminative"), "use either optimizer.groups or optimizer.discriminative, "
+                                                     "not both"))
+    if o.momentum_schedule is not None and o.name == "adagrad":
+        out.append((("optimizer", "momentum_schedule"), "adagrad has no momentum; use sgd, rmsprop, adam or adamw"))
+    return out
+
+
+def schedule_section_problems(recipe: Recipe) -> list[Problem]:
+    from nnrun.schedules import schedule_problems
+
+    s, o = recipe.schedule, recipe.optimizer
+    out = list(schedule_problems(s, epochs=recipe.train.epochs))
+    if s.name == "one_cycle" and s.cycle_momentum:
+        if o.momentum_schedule is not None:
+            out.append((("optimizer", "momentum_schedule"), "one_cycle already cycles momentum; remove "
+                                                            "momentum_schedule or set schedule.cycle_momentum: false"))
+        if o.name == "adagrad" or (o.name in ("sgd", "rmsprop") and o.momentum == 0):
+            out.append((("schedule", "cycle_momentum"), f"{o.name} runs without momentum here; set "
+                                                        "schedule.cycle_momentum: false (or optimizer.momentum > 0)"))
+    if s.base_momentum > s.max_momentum:
+        out.append((("schedule", "base_momentum"), f"{s.base_momentum} must not exceed max_momentum {s.max_momentum}"))
+    if s.warmup_start > 0 and s.warmup == 0:
+        out.append((("schedule", "warmup_start"), "has no effect without schedule.warmup"))
+    uses_plateau = s.name == "plateau" or s.on_plateau is not None
+    has_val = recipe.data.val_fraction > 0 or recipe.data.source == "python"
+    if uses_plateau and not has_val and recipe.train.monitor in ("auto",) + tuple(f"val_{m}" for m in
+                                                                                 ("loss", "acc", "mae", "rmse")):
+        out.append((("schedule", "on_plateau"), "watches train.monitor, but there is no validation split: set "
+                                                "data.val_fraction > 0 or train.monitor: train_loss"))
+    if recipe.model.unfreeze and not recipe.model.freeze:
+        out.append((("model", "unfreeze"), "nothing is frozen: set model.freeze first"))
     return out
 
 
@@ -103,6 +141,7 @@ def cross_field_problems(recipe: Recipe) -> list[Problem]:
     shape = KNOWN_SOURCES.get(recipe.data.source, (None, None))[1]
     task = known_task(recipe)
     out = data_problems(recipe) + monitor_problems(recipe) + optimizer_problems(recipe)
+    out += schedule_section_problems(recipe)
     out += [_split_problem(p) for p in model_problems(recipe.model, input_shape=shape)]
     out += [_split_problem(p) if p.startswith("init.") else (("init", "weights"), p)
             for p in init_problems(recipe.init)]

@@ -69,6 +69,12 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class UnfreezeConfig:
+    epoch: float = opt(1, "Epoch (0-based count of completed epochs) from which the match trains.", min=0)
+    match: str = opt("*", "Glob on parameter names.")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = opt("mlp", "Network family.", choices=("mlp", "cnn", "resnet", "python"))
     hidden: list[int] = opt([128, 64], "mlp: hidden layer widths.", item_min=1)
@@ -88,6 +94,11 @@ class ModelConfig:
     width: int = opt(16, "resnet: channels of the first stage (doubled at each of the next two).", min=1)
     factory: Optional[str] = opt(None, "python: `module:factory` returning an nn.Module that outputs logits.")
     kwargs: dict = opt({}, "python: keyword arguments passed to the factory.")
+    freeze: list[str] = opt([], "Globs of parameter names to freeze (their values stay exactly as loaded).")
+    unfreeze: list[UnfreezeConfig] = opt([], "Gradual unfreezing: `{epoch: E, match: glob}` unfreezes "
+                                             "matching frozen parameters from epoch E on.")
+    freeze_bn: bool = opt(False, "Keep BatchNorm layers whose parameters are all frozen in eval mode "
+                                 "(running statistics stay fixed too).")
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,32 @@ class InitConfig:
     lsuv_tol: float = opt(0.1, "lsuv: tolerance on each layer's output std around 1.", min=0.0,
                           min_exclusive=True)
     lsuv_iters: int = opt(10, "lsuv: maximum rescaling attempts per layer.", min=1)
+    from_: Optional[str] = field(default=None, metadata={
+        "key": "from", "doc": "Load weights from an nnrun checkpoint or a state-dict file before training "
+                              "(non-strict, transfer learning); missing and unexpected keys are reported."})
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    match: str = opt("*", "Glob on parameter names (e.g. `body.0.*`, `head.*`); first match wins.")
+    lr_mult: float = opt(1.0, "The group's rate is optimizer.lr times this.", min=0.0)
+    weight_decay: Optional[float] = opt(None, "The group's weight decay (default optimizer.weight_decay).",
+                                        min=0.0)
+    name: Optional[str] = opt(None, "Name in logs (`lr/<name>`); default g<index>.")
+
+
+@dataclass(frozen=True)
+class DiscriminativeConfig:
+    groups: int = opt(3, "Consecutive layer groups from input to output.", min=2)
+    factor: float = opt(3.0, "Each earlier group gets a rate this many times lower (3-10x is usual).",
+                        min=1.0)
+
+
+@dataclass(frozen=True)
+class MomentumScheduleConfig:
+    start: float = opt(0.5, "Momentum (SGD/RMSprop) or beta1 (Adam) at the start.", min=0.0, max=1.0)
+    end: float = opt(0.99, "Value reached after `epochs` and kept.", min=0.0, max=1.0)
+    epochs: float = opt(5, "Length of the linear ramp, in epochs.", min=0.0, min_exclusive=True)
 
 
 @dataclass(frozen=True)
@@ -121,11 +158,69 @@ class OptimizerConfig:
     centered: bool = opt(False, "rmsprop: normalize by the gradient's estimated variance.")
     fused: str = opt("auto", "Fused/foreach kernels: auto uses the fastest numerically equivalent one.",
                      choices=("auto", "on", "off"))
+    groups: list[GroupConfig] = opt([], "Parameter groups with their own rate multiplier and weight decay "
+                                        "(differential learning rates); unmatched parameters form `default`.")
+    no_decay: list[str] = opt([], "No weight decay on these kinds: `bias` (all 1-D biases), `norm` "
+                                  "(normalization layers' weights and biases).")
+    discriminative: Optional[DiscriminativeConfig] = opt(None, "Split the layers into K groups, each earlier "
+                                                               "group with an F-times lower rate (fine-tuning).")
+    momentum_schedule: Optional[MomentumScheduleConfig] = opt(None, "Ramp momentum/beta1 linearly, e.g. "
+                                                                    "0.5 to 0.99 over 5 epochs.")
+
+
+SCHEDULES = ("constant", "step", "multistep", "exponential", "inverse_time", "plateau", "cosine", "sgdr",
+             "cyclic", "one_cycle")
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    factor: float = opt(0.1, "Multiply the rate by this when the monitored metric stalls.", min=0.0,
+                        max=1.0, min_exclusive=True)
+    patience: int = opt(10, "Evaluations without improvement before cutting the rate.", min=0)
+    threshold: float = opt(1e-4, "Smallest change that counts as an improvement.", min=0.0)
+    threshold_mode: str = opt("rel", "rel: relative to the best value; abs: absolute (use for metrics <= 0).",
+                              choices=("rel", "abs"))
+    cooldown: int = opt(0, "Evaluations to wait after a cut before counting again.", min=0)
+    min_lr: float = opt(0.0, "No cut takes the base rate below this (other groups keep their ratio).", min=0.0)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = opt("constant", "Learning-rate schedule.", choices=("constant",))
+    name: str = opt("constant", "Learning-rate schedule, stepped every optimizer step.", choices=SCHEDULES)
+    unit: str = opt("epochs", "Unit of every duration below (fractions of epochs allowed).",
+                    choices=("epochs", "steps"))
+    step_size: float = opt(5, "step: multiply by gamma every step_size; cyclic: half-cycle length "
+                              "(2-10 epochs' worth of steps is the usual advice).", min=0.0, min_exclusive=True)
+    gamma: Optional[float] = opt(None, "step/multistep factor (default 0.1); cyclic exp_range: amplitude "
+                                       "decay per step (default 0.99994).", min=0.0, min_exclusive=True)
+    milestones: list[float] = opt([], "multistep: times at which the rate is multiplied by gamma.", item_min=0)
+    k: float = opt(0.1, "exponential: a0*exp(-k t); inverse_time: a0/(1 + k t), t in `unit`.", min=0.0)
+    min_lr: float = opt(0.0, "cosine/sgdr: the rate at the bottom of each cosine.", min=0.0)
+    cycle_len: float = opt(10, "sgdr: length of the first cycle.", min=0.0, min_exclusive=True)
+    cycle_mult: float = opt(1.0, "sgdr: each cycle is this many times longer than the previous.", min=1.0)
+    cycle_decay: float = opt(1.0, "sgdr: the peak rate is multiplied by this at every restart.", min=0.0,
+                             max=1.0, min_exclusive=True)
+    mode: str = opt("triangular", "cyclic: triangular, triangular2 (amplitude halves each cycle) or "
+                                  "exp_range.", choices=("triangular", "triangular2", "exp_range"))
+    base_lr: Optional[float] = opt(None, "cyclic: lower bound (default max_lr / 4).", min=0.0)
+    max_lr: Optional[float] = opt(None, "cyclic/one_cycle: upper bound (default optimizer.lr).", min=0.0,
+                                  min_exclusive=True)
+    pct_start: float = opt(0.3, "one_cycle: share of the run spent rising to max_lr.", min=0.0, max=1.0,
+                           min_exclusive=True)
+    div_factor: float = opt(25.0, "one_cycle: the start rate is max_lr / div_factor.", min=1.0)
+    final_div_factor: float = opt(1e4, "one_cycle: the final rate is start rate / final_div_factor.", min=1.0)
+    anneal: str = opt("cos", "one_cycle: shape of both phases.", choices=("cos", "linear"))
+    cycle_momentum: bool = opt(True, "one_cycle: cycle momentum (SGD) or beta1 (Adam) inversely to the rate.")
+    base_momentum: float = opt(0.85, "one_cycle: momentum at the peak rate.", min=0.0, max=1.0)
+    max_momentum: float = opt(0.95, "one_cycle: momentum at the lowest rates.", min=0.0, max=1.0)
+    warmup: float = opt(0, "Linear warmup before the schedule starts (its clock starts after warmup).",
+                        min=0.0)
+    warmup_start: float = opt(0.0, "Warmup starts at this fraction of the rate.", min=0.0, max=1.0)
+    final_decay: float = opt(0.0, "Last fraction of training that decays linearly to final_lr "
+                                  "(lower the rate briefly before the end).", min=0.0, max=1.0)
+    final_lr: float = opt(0.0, "The rate final_decay ends at.", min=0.0)
+    on_plateau: Optional[PlateauConfig] = opt(None, "Cut any schedule when train.monitor stalls "
+                                                    "(`name: plateau` uses it on a constant rate).")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,21 @@ def _allowed(f: dataclasses.Field) -> str:
     return ""
 
 
+def _rows(cls: type, prefix: str) -> list[str]:
+    """Table rows of a section's keys, nested sections (`on_plateau`, `groups[]`) included."""
+    from nnrun.recipe import _dataclass_of, yaml_key
+
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{yaml_key(f)}"
+        rows.append(f"| `{key}` | {_default(f)} | {_allowed(f)} | {f.metadata['doc'].replace('|', '/')} |")
+        nested, shape = _dataclass_of(hints[f.name])
+        if nested is not None:
+            rows += _rows(nested, key + ("[]" if shape == "list" else ""))
+    return rows
+
+
 def reference() -> str:
     """Markdown tables, one per recipe section, listing every key with default and practice."""
     lines = ["| key | default | allowed | practice |", "|---|---|---|---|"]
@@ -50,9 +65,7 @@ def reference() -> str:
         if not dataclasses.is_dataclass(section):
             continue
         out += [f"`{f.name}:` {f.metadata['doc']}", "", "| key | default | allowed | practice |", "|---|---|---|---|"]
-        for sub in dataclasses.fields(section):
-            out.append(f"| `{f.name}.{sub.name}` | {_default(sub)} | {_allowed(sub)} | "
-                       f"{sub.metadata['doc'].replace('|', '/')} |")
+        out += _rows(section, f.name)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -207,6 +207,34 @@ def _check_value(value: Any, meta: dict) -> str | None:
     return None
 
 
+def yaml_key(f: dataclasses.Field) -> str:
+    """The recipe spelling of a field (`init.from` is stored as `from_`, a Python keyword)."""
+    return f.metadata.get("key", f.name)
+
+
+def _dataclass_of(tp: Any) -> tuple[type | None, str]:
+    """(dataclass, shape) where shape is 'one', 'optional' or 'list'; (None, '') for plain types."""
+    if dataclasses.is_dataclass(tp):
+        return tp, "one"
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0], "optional"
+    if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0], "list"
+    return None, ""
+
+
+def _build_nested(cls: type, shape: str, value: Any, path: tuple, problems: _Problems) -> Any:
+    if shape == "optional" and value is None:
+        return None
+    if shape == "list":
+        if not isinstance(value, list):
+            problems.add(path, f"expected a list of mappings, got `{value}`")
+            return []
+        return [_build_section(cls, v, path + (i,), problems) for i, v in enumerate(value)]
+    return _build_section(cls, value, path, problems)
+
+
 def _build_section(cls: type, data: Any, path: tuple, problems: _Problems) -> Any:
     """Mapping -> dataclass instance of cls; problems are collected, defaults fill the gaps."""
     if data is None:
@@ -215,29 +243,36 @@ def _build_section(cls: type, data: Any, path: tuple, problems: _Problems) -> An
         problems.add(path, f"expected a mapping of keys, got `{data}`")
         return cls()
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
         if key not in fields:
-            dotted = ".".join(path + (key,))
-            valid = [".".join(path + (k,)) for k in fields]
-            problems.add(path + (key,), f"unknown key{did_you_mean(dotted, valid) or did_you_mean(key, fields)}"
+            dotted = ".".join(map(str, path + (key,)))
+            valid = [".".join(map(str, path + (k,))) for k in fields]
+            problems.add(path + (key,), f"unknown key{did_you_mean(dotted, valid) or did_you_mean(str(key), fields)}"
                          f"; valid keys here: {', '.join(fields)}")
             continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            values[key] = _build_section(tp, value, path + (key,), problems)
+        f = fields[key]
+        tp = hints[f.name]
+        nested, shape = _dataclass_of(tp)
+        if nested is not None:
+            values[f.name] = _build_nested(nested, shape, value, path + (key,), problems)
             continue
         try:
             value = _check_type(value, tp)
         except TypeError:
             problems.add(path + (key,), f"got `{value}`; expected {_describe_type(tp)}")
             continue
-        bad = _check_value(value, fields[key].metadata) if value is not None else None
+        bad = _check_value(value, f.metadata) if value is not None else None
         if bad:
             problems.add(path + (key,), bad)
             continue
-        values[key] = value
+        values[f.name] = value
+    if problems.items:
+        try:
+            return cls(**values)
+        except TypeError:  # a required field is missing; its problem is already collected
+            return None
     return cls(**values)
 
 
@@ -295,9 +330,15 @@ def load(name_or_path: str | Path, overrides: Sequence[str] = ()) -> C.Recipe:
     return validate(data, source=source, lines=lines, overrides=overrides)
 
 
-def to_dict(recipe: C.Recipe) -> dict:
-    """The fully resolved recipe as plain data (all defaults filled)."""
-    return dataclasses.asdict(recipe)
+def to_dict(obj: Any) -> Any:
+    """The fully resolved recipe as plain data (all defaults filled), in recipe spelling."""
+    if dataclasses.is_dataclass(obj):
+        return {yaml_key(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
 
 
 def from_dict(data: dict, *, label: str = "checkpoint") -> C.Recipe:

@@ -19,8 +19,9 @@ import torch
 
 from nnrun import __version__
 from nnrun.checkpoint import FORMAT, FORMAT_VERSION, capture_rng, restore_rng
+from nnrun.freeze import apply_freeze, set_train_mode
 from nnrun.metrics import evaluate
-from nnrun.optim import group_names
+from nnrun.optim import get_momentum, group_names, set_momentum
 
 
 @dataclass
@@ -94,7 +95,14 @@ class Trainer:
         return len(self.c.train_batches)
 
     def current_lrs(self) -> dict[str, float]:
-        return {f"lr/{n}": g["lr"] for n, g in zip(self.group_names, self.optimizer.param_groups)}
+        """`lr/<group>` and `momentum/<group>` (momentum or Adam's beta1) of every group."""
+        out = {}
+        for n, g in zip(self.group_names, self.optimizer.param_groups):
+            out[f"lr/{n}"] = g["lr"]
+            momentum = get_momentum(g)
+            if momentum is not None:
+                out[f"momentum/{n}"] = momentum
+        return out
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -125,12 +133,14 @@ class Trainer:
         return s
 
     def _run_epoch(self) -> None:
-        s = self.state
-        self.model.train()
+        s, model_cfg = self.state, self.c.recipe.model
+        if model_cfg.freeze:
+            apply_freeze(self.model, model_cfg, s.epoch)
+        set_train_mode(self.model, model_cfg)
         if s.epoch_loss_sum is None:
             s.epoch_loss_sum, s.epoch_examples = torch.zeros((), device=self.c.device), 0
         for batch in self.c.train_batches.epoch(s.epoch, start=s.batch):
-            self._set_lr(self.c.schedule.factor(s.step))
+            self._apply_schedule(s.step)
             log_now = (s.step + 1) % self.settings.log_every == 0
             loss, n, grad_norm = self.train_step([batch], want_grad_norm=log_now)
             s.step, s.batch = s.step + 1, s.batch + 1
@@ -172,9 +182,14 @@ class Trainer:
         self.optimizer.step()
         return loss_sum / total, total, grad_norm
 
-    def _set_lr(self, factor: float) -> None:
+    def _apply_schedule(self, step: int) -> None:
+        """Every group's rate is its base rate times the schedule's factor (ratios are kept)."""
+        factor = self.c.schedule.factor(step)
+        momentum = self.c.schedule.momentum_at(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
+            if momentum is not None:
+                set_momentum(group, momentum)
 
     def _log(self, grad_norm: torch.Tensor | None) -> None:
         now = time.perf_counter()
@@ -205,6 +220,8 @@ class Trainer:
         s.epoch_loss_sum, s.epoch_examples = None, 0
         s.history.append(record)
         self._update_best(record)
+        if self.c.schedule.observe(record.get(self.settings.monitor)):
+            record["lr_cut"] = True  # the plateau modifier cut the rate from the next step on
         for cb in self.callbacks:
             cb.on_eval_end(self, record)
 

@@ -89,7 +89,7 @@ def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
 
 def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | None = None,
         device: str | None = None, callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
-        handle_signals: bool = True) -> TrainResult:
+        handle_signals: bool = True, notes=None) -> TrainResult:
     """Train a recipe; with `resume`, continue the run that wrote that checkpoint exactly.
 
     Args:
@@ -101,6 +101,7 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         callbacks: extra callbacks (e.g. the CLI's progress display).
         base_dir: folder that relative data paths are resolved against (the recipe's folder).
         handle_signals: install the Ctrl-C / SIGTERM handlers (main thread only).
+        notes: called with the build's notes (parameter groups, init.from report) before training.
     """
     import torch
 
@@ -120,6 +121,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
     c = build(recipe, device=dev, base_dir=base_dir,
               normalizer=payload["normalization"] if payload else None)
     monitor, mode = monitor_of(recipe, c.data.task)
+    if notes is not None and c.notes:
+        notes(c.notes)
     settings = LoopSettings(total_steps=c.total_steps, log_every=recipe.log.every_n_steps,
                             eval_every=recipe.train.eval_every, monitor=monitor, mode=mode,
                             patience=recipe.train.patience)

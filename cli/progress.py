@@ -74,6 +74,11 @@ class RichProgress(_Throttle):
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k.startswith(("val_", "train_")))
         self.progress.console.print(f"epoch {_fmt(record['epoch'])}  {metrics}")
 
+    def on_event(self, trainer, message) -> None:
+        from rich.markup import escape
+
+        self.progress.console.print(f"[yellow]warning[/]: {escape(message)}")
+
     def on_fit_end(self, trainer, reason) -> None:
         self._draw(trainer)
         self.progress.stop()
@@ -100,6 +105,11 @@ class PlainProgress(_Throttle):
     def on_eval_end(self, trainer, record) -> None:
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k.startswith(("val_", "train_")))
         self.console.print(f"epoch {_fmt(record['epoch'])}  step {record['step']}  {metrics}")
+
+    def on_event(self, trainer, message) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"warning: {escape(message)}")
 
 
 def make_progress(mode: str, console, refresh_per_second: float):

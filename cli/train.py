@@ -42,6 +42,8 @@ def command(args, run_dir, resume, device):
     out_console().print(str(result.best_checkpoint or result.last_checkpoint or result.run_dir))
     if result.interrupted:
         sys.exit(130 if result.signal == "SIGINT" else 143)
+    if result.stop_reason.startswith("non-finite"):
+        sys.exit(1)  # the run failed; last.pt (if any) still holds the last finite weights
 
 
 def _summary(console, result) -> None:
@@ -63,6 +65,8 @@ def _summary(console, result) -> None:
                                         if k.startswith(("val_", "train_")) and v is not None))
     table.add_row("best checkpoint", escape(str(result.best_checkpoint or "-")))
     table.add_row("last checkpoint", escape(str(result.last_checkpoint or "-")))
+    if result.diagnostic_checkpoint:
+        table.add_row("diagnostic checkpoint", escape(str(result.diagnostic_checkpoint)))
     console.print(table)
     if result.interrupted:
         console.print(f"[yellow]interrupted by {result.signal}[/]: resume exactly with "

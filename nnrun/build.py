@@ -166,12 +166,17 @@ def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
     check_patterns(recipe.model, model)
     optimizer = build_optimizer(recipe.optimizer, model, device=device)
     notes += describe_groups(optimizer) if len(optimizer.param_groups) > 1 else []
-    total_steps = max(1, math.ceil(recipe.train.epochs * len(train_batches)))
-    problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=len(train_batches))
+    steps_per_epoch = math.ceil(len(train_batches) / recipe.clip.accumulate)  # optimizer steps
+    total_steps = max(1, math.ceil(recipe.train.epochs * steps_per_epoch))
+    if recipe.clip.accumulate > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        notes.append(f"warning: BatchNorm sees micro-batches of {d.batch_size}, not the accumulated batch of "
+                     f"{d.batch_size * recipe.clip.accumulate} (its statistics are per micro-batch); "
+                     "GroupNorm/LayerNorm do not depend on the batch")
+    problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
     if problems and recipe.schedule.unit == "steps":
         raise RecipeError([f"`{'.'.join(p)}`: {m}" for p, m in problems])
     monitor, mode = monitor_of(recipe, data.task)
-    schedule = build_schedule(recipe.schedule, steps_per_epoch=len(train_batches), total_steps=total_steps,
+    schedule = build_schedule(recipe.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                               lr=recipe.optimizer.lr, monitor_mode=mode, momentum=recipe.optimizer.momentum_schedule)
     loss_fn = build_loss(recipe.train, task=data.task)
     return Components(recipe, device, data, normalizer, model, optimizer, schedule, loss_fn,

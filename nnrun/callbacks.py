@@ -44,6 +44,7 @@ class Checkpointing(Callback):
     def __init__(self, folder: Path, *, monitor: str, mode: str, top_k: int):
         self.saver = CheckpointSaver(folder, monitor=monitor, mode=mode, top_k=top_k)
         self.last_path: Path | None = None
+        self.diagnostic_path: Path | None = None
         self._saved_step = -1
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
@@ -55,7 +56,13 @@ class Checkpointing(Callback):
         self._saved_step = trainer.state.step
 
     def on_fit_end(self, trainer: Trainer, reason: str) -> None:
-        if trainer.state.step != self._saved_step:
+        if reason.startswith("non-finite"):
+            # A diagnostic copy of the state the guard stopped at; last.pt stays the last good one.
+            self.diagnostic_path = self.saver.folder / f"nonfinite-step{trainer.state.step}.pt"
+            from nnrun.checkpoint import save_atomic
+
+            save_atomic({**trainer.state_dict(), "reason": reason}, self.diagnostic_path)
+        elif trainer.state.step != self._saved_step:
             self.last_path = self.saver.save_last(trainer.state_dict())
             self._saved_step = trainer.state.step
 

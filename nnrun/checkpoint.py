@@ -118,6 +118,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 # retention
 
 
+def weights_finite(payload: dict) -> bool:
+    """True when every floating tensor of the model (and its EMA, if any) is finite."""
+    tensors = list(payload.get("model", {}).values())
+    if payload.get("ema"):
+        tensors += list(payload["ema"]["state_dict"].values())
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
 def checkpoint_name(epoch: int, monitor: str, value: float | None) -> str:
     """`epoch012-val_acc=0.9812.pt`: the epoch and the monitored metric in the name."""
     metric = f"{monitor}={value:.4f}" if value is not None else "nometric"
@@ -149,13 +157,15 @@ class CheckpointSaver:
         return self.kept[0] if self.kept else None
 
     def save_last(self, payload: dict) -> Path:
-        path = self.folder / "last.pt"
+        """Write last.pt, unless the weights are non-finite: then a `nonfinite-stepN.pt` beside it,
+        so the last checkpoint with finite weights is never overwritten (peers.md: pocket-tts #262)."""
+        path = self.folder / "last.pt" if weights_finite(payload) else self.folder / f"nonfinite-step{payload.get('step')}.pt"
         save_atomic(payload, path)
         return path
 
     def save_ranked(self, payload: dict, *, epoch: int, step: int, value: float | None) -> Path | None:
         """Save a top-k candidate if it ranks; drop the checkpoint that falls out of the top k."""
-        if self.top_k == 0 or value is None or value != value:  # NaN never ranks
+        if self.top_k == 0 or value is None or value != value or not weights_finite(payload):  # NaN never ranks
             return None
         ranked = len(self.kept) < self.top_k or self._better(value, self.kept[-1]["value"])
         if not ranked:

@@ -128,6 +128,8 @@ class GroupConfig:
     weight_decay: Optional[float] = opt(None, "The group's weight decay (default optimizer.weight_decay).",
                                         min=0.0)
     name: Optional[str] = opt(None, "Name in logs (`lr/<name>`); default g<index>.")
+    clip_norm: Optional[float] = opt(None, "clip.policy per_param_norm: this group's per-tensor bound.",
+                                     min=0.0, min_exclusive=True)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,24 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
-    policy: str = opt("none", "Gradient clip policy.", choices=("none",))
+    policy: str = opt("none", "Gradient clip policy, applied once per optimizer step (after fp16 unscaling).",
+                      choices=("none", "global_norm", "per_param_norm", "value", "agc", "autoclip"))
+    max_norm: float = opt(1.0, "global_norm: bound on the norm of all gradients; per_param_norm: on each "
+                               "tensor's norm (a group's clip_norm overrides it).", min=0.0, min_exclusive=True)
+    norm_type: float = opt(2.0, "The p of the p-norm (inf allowed as .inf).", min=0.0, min_exclusive=True)
+    value: float = opt(1.0, "value: clamp every gradient element to [-value, value].", min=0.0, min_exclusive=True)
+    clipping: float = opt(0.01, "agc: largest allowed unit-wise ratio of gradient norm to weight norm "
+                                "(smaller for larger batches).", min=0.0, min_exclusive=True)
+    eps: float = opt(1e-3, "agc: floor of the weight norm, so zero-initialized units can move.", min=0.0,
+                     min_exclusive=True)
+    agc_exclude: list[str] = opt(["head.*"], "agc: parameters never clipped (the output layer, as the AGC "
+                                             "paper advises).")
+    percentile: float = opt(10.0, "autoclip: clip to this percentile of the gradient-norm history.", min=0.0,
+                            max=100.0)
+    window: int = opt(1000, "autoclip: length of the history (a ring buffer saved in checkpoints).", min=1)
+    accumulate: int = opt(1, "Sum gradients of N micro-batches per optimizer step, each weighted by its share "
+                             "of the examples: the step equals one on an N-times larger batch.", min=1)
+    layer_norms_every: int = opt(0, "Log per-layer gradient norms every N optimizer steps (0: off).", min=0)
 
 
 @dataclass(frozen=True)
@@ -247,6 +266,18 @@ class TrainConfig:
     patience: Optional[int] = opt(None, "Stop early after this many evaluations without improvement.", min=1)
     eval_every: int = opt(1, "Evaluate on the validation split every N epochs (and at the end).", min=1)
     threads: Optional[int] = opt(None, "torch CPU threads (default: torch's choice).", min=1)
+    precision: str = opt("fp32", "fp32; bf16 (autocast, CPU and CUDA); fp16 (autocast + dynamic loss scaling: "
+                                 "gradients unscaled before clipping, overflowing steps skipped and counted).",
+                         choices=("fp32", "bf16", "fp16"))
+    on_nonfinite: str = opt("stop", "A non-finite loss or gradient: stop (diagnose, keep the last finite "
+                                    "checkpoint), skip the update, or rollback to the last good checkpoint.",
+                            choices=("stop", "skip", "rollback"))
+    max_skips: int = opt(10, "skip: stop after this many consecutive skipped updates.", min=1)
+    rollback_factor: float = opt(0.5, "rollback: multiply the learning rate by this after each rollback.",
+                                 min=0.0, max=1.0, min_exclusive=True)
+    max_rollbacks: int = opt(3, "rollback: give up (stop) after this many rollbacks.", min=1)
+    explosion_factor: float = opt(10.0, "Warn when a gradient norm exceeds this many times the recent median.",
+                                  min=1.0)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,11 @@ from nnrun.trainer import Callback, Trainer
 class TensorBoard(Callback):
     """Scalars every `log.every_n_steps` steps and per evaluation; histograms when asked.
 
-    Scalars: `train/loss`, `val/loss`, `val/acc` (or `val/mae`, `val/rmse`), `lr/<group>`,
-    `grad_norm`, `throughput/samples_per_s`. A resumed run purges events past its checkpoint's
+    Scalars: `train/loss`, `grad_norm` and `grad_norm/clipped` (before and after clipping),
+    `clip/clipped` and `nonfinite/skipped` for every step; `clip/fraction`, `lr/<group>`,
+    `momentum/<group>`, `throughput/samples_per_s` per log window; `val/loss`, `val/acc` (or
+    `val/mae`, `val/rmse`) per evaluation; `grad_norm/layer/<param>` every
+    `clip.layer_norms_every` steps. A resumed run purges events past its checkpoint's
     step, so curves do not double back.
     """
 
@@ -26,8 +29,22 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.folder), purge_step=step if step > 0 else None)
 
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        for key, value in logs.items():
-            self.writer.add_scalar(key, value, trainer.state.step)
+        step = trainer.state.step
+        for key in ("lr/", "momentum/", "throughput/", "clip/fraction"):
+            for name, value in logs.items():
+                if name.startswith(key):
+                    self.writer.add_scalar(name, value, step)
+        # Every step's loss, gradient norm before/after clipping and clip/skip flags, read from the
+        # device once per window.
+        for at, values in trainer.step_series:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, at)
+        for name, norm in trainer.stepper.layer_norms.items():
+            self.writer.add_scalar(f"grad_norm/layer/{name}", float(norm), step)
+        trainer.stepper.layer_norms = {}
+
+    def on_event(self, trainer: Trainer, message: str) -> None:
+        self.writer.add_text("events", message, trainer.state.step)
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.histograms_every and trainer.state.step % self.histograms_every == 0:

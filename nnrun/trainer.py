@@ -11,6 +11,8 @@ so a run stopped anywhere resumes bit-identically on CPU.
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -22,6 +24,7 @@ from nnrun.checkpoint import FORMAT, FORMAT_VERSION, capture_rng, restore_rng
 from nnrun.freeze import apply_freeze, set_train_mode
 from nnrun.metrics import evaluate
 from nnrun.optim import get_momentum, group_names, set_momentum
+from nnrun.stepper import Stepper
 
 
 @dataclass
@@ -37,6 +40,9 @@ class TrainState:
     epoch_loss_sum: torch.Tensor | None = None
     epoch_examples: int = 0
     stop_reason: str | None = None
+    lr_scale: float = 1.0     # cut by each non-finite rollback
+    rollbacks: int = 0
+    events: list[str] = field(default_factory=list)  # warnings a person should see
 
 
 class Callback:
@@ -52,6 +58,9 @@ class Callback:
 
     def on_eval_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         """After each evaluation; `record` is the metrics.jsonl line."""
+
+    def on_event(self, trainer: "Trainer", message: str) -> None:
+        """A warning worth showing (gradient-norm spike, skipped non-finite steps, rollback)."""
 
     def on_fit_end(self, trainer: "Trainer", reason: str) -> None: ...
 
@@ -80,6 +89,16 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.group_names = group_names(self.optimizer)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.stepper = Stepper(components.recipe, self.model, self.loss_fn, self.optimizer, components.device)
+        self.accumulate = components.recipe.clip.accumulate
+        self.micro_per_epoch = len(components.train_batches)
+        self.rollback = components.recipe.train.on_nonfinite == "rollback"
+        self._good: dict | None = None
+        self._positions: list[tuple[int, int, int]] = []   # (step, epoch, batch) since the last poll
+        self._series = torch.zeros(settings.log_every, 5, device=components.device)
+        self.step_series: list[tuple[int, dict[str, float]]] = []
+        self._last_log_step = 0
+        self._rewound = False
         self.last_loss: torch.Tensor | None = None
         self._stop_requested: str | None = None
         self._t_log = time.perf_counter()
@@ -92,7 +111,8 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.c.train_batches)
+        """Optimizer steps per epoch (micro-batches grouped by clip.accumulate)."""
+        return math.ceil(self.micro_per_epoch / self.accumulate)
 
     def current_lrs(self) -> dict[str, float]:
         """`lr/<group>` and `momentum/<group>` (momentum or Adam's beta1) of every group."""
@@ -110,6 +130,8 @@ class Trainer:
         s = self.state
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        if self.rollback:
+            self._snapshot()
         reason = "finished"
         while s.step < self.settings.total_steps:
             if self._stop_requested:  # e.g. Ctrl-C during an evaluation
@@ -119,7 +141,9 @@ class Trainer:
             if self._stop_requested:
                 reason = self._stop_requested
                 break
-            if s.batch >= self.steps_per_epoch:
+            if self._rewound:
+                continue
+            if s.batch >= self.micro_per_epoch:
                 s.epoch, s.batch = s.epoch + 1, 0
                 self._end_epoch()
             elif s.step >= self.settings.total_steps:  # a fractional last epoch
@@ -127,79 +151,162 @@ class Trainer:
             if s.stop_reason:
                 reason = s.stop_reason
                 break
+        if reason == "finished":
+            self._poll_guard()
+            reason = self._stop_requested or reason
         s.stop_reason = reason
         for cb in self.callbacks:
             cb.on_fit_end(self, reason)
         return s
 
-    def _run_epoch(self) -> None:
-        s, model_cfg = self.state, self.c.recipe.model
+    def begin_epoch(self, epoch: int) -> None:
+        """Freeze what `model.freeze`/`unfreeze` say for `epoch` and put the model in train mode
+        (frozen BatchNorm layers stay in eval with `freeze_bn`). lr-find and overfit use it too."""
+        model_cfg = self.c.recipe.model
         if model_cfg.freeze:
-            apply_freeze(self.model, model_cfg, s.epoch)
+            apply_freeze(self.model, model_cfg, epoch)
         set_train_mode(self.model, model_cfg)
+
+    def _run_epoch(self) -> None:
+        s = self.state
+        self._rewound = False
+        self.begin_epoch(s.epoch)
         if s.epoch_loss_sum is None:
             s.epoch_loss_sum, s.epoch_examples = torch.zeros((), device=self.c.device), 0
+        pending: list = []
         for batch in self.c.train_batches.epoch(s.epoch, start=s.batch):
+            pending.append(batch)
+            if len(pending) < self.accumulate and s.batch + len(pending) < self.micro_per_epoch:
+                continue
             self._apply_schedule(s.step)
-            log_now = (s.step + 1) % self.settings.log_every == 0
-            loss, n, grad_norm = self.train_step([batch], want_grad_norm=log_now)
-            s.step, s.batch = s.step + 1, s.batch + 1
-            self.last_loss = loss
-            s.epoch_loss_sum += loss * n
-            s.epoch_examples += n
-            self._examples_since_log += n
+            self._positions.append((s.step, s.epoch, s.batch))
+            out = self.stepper.step(pending, s.step)
+            self._record(out)
+            s.step, s.batch, pending = s.step + 1, s.batch + len(pending), []
+            self.last_loss = out.loss
+            s.epoch_loss_sum += out.loss * out.examples
+            s.epoch_examples += out.examples
+            self._examples_since_log += out.examples
             for cb in self.callbacks:
                 cb.on_step_end(self)
-            if log_now:
-                self._log(grad_norm)
+            if s.step % self.settings.log_every == 0:
+                self._log()
             self.optimizer.zero_grad(set_to_none=True)
-            if self._stop_requested or s.step >= self.settings.total_steps:
+            if self._stop_requested or s.step >= self.settings.total_steps or self._rewound:
                 break
 
     def train_step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                    want_grad_norm: bool = False) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        """One optimizer step on `batches` (micro-batches of one step): forward, loss, backward, step.
+        """One optimizer step on `batches` (micro-batches of one step), exactly as `nnrun train`
+        takes it: autocast, weighted accumulation, unscaling, clipping, the non-finite guard.
 
-        Gradients are left in place for callbacks; the caller zeroes them. Reused by lr-find and
-        overfit-one-batch so they train exactly as `nnrun train` does.
+        Gradients are left in place; the caller zeroes them. Reused by lr-find and overfit-one-batch.
 
         Returns:
-            (mean loss as a device tensor, examples seen, total gradient norm if asked).
+            (mean loss as a device tensor, examples seen, gradient norm before clipping).
         """
-        device = self.c.device
-        total = sum(len(y) for _, y in batches)
-        loss_sum = None
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = self.loss_fn(self.model(x), y)
-            # Weight each micro-batch by its share of the examples: the summed gradient then equals
-            # the gradient of one batch of all of them, also when the last one is smaller.
-            (loss * (len(y) / total) if len(batches) > 1 else loss).backward()
-            part = loss.detach() * len(y)
-            loss_sum = part if loss_sum is None else loss_sum + part
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]) \
-            if want_grad_norm else None
-        self.optimizer.step()
-        return loss_sum / total, total, grad_norm
+        out = self.stepper.step(batches, self.state.step)
+        return out.loss, out.examples, out.norm_before
+
+    def _record(self, out) -> None:
+        """Per-step values into a device buffer, read once per log window (no sync per step)."""
+        row = torch.stack([out.loss, out.norm_before.float(), out.norm_after.float(),
+                           out.clipped.float(), out.skipped.float()])
+        self._series[self.state.step % self.settings.log_every] = row
 
     def _apply_schedule(self, step: int) -> None:
         """Every group's rate is its base rate times the schedule's factor (ratios are kept)."""
-        factor = self.c.schedule.factor(step)
+        factor = self.c.schedule.factor(step) * self.state.lr_scale
         momentum = self.c.schedule.momentum_at(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
             if momentum is not None:
                 set_momentum(group, momentum)
 
-    def _log(self, grad_norm: torch.Tensor | None) -> None:
-        now = time.perf_counter()
-        logs = {"train/loss": float(self.last_loss), **self.current_lrs(),
+    def _log(self) -> None:
+        """Once per log window: one host sync for the window's per-step values and the guard."""
+        now, s = time.perf_counter(), self.state
+        rows = self._series[:self.settings.log_every].tolist()
+        first = max(self._last_log_step, s.step - self.settings.log_every)
+        self._last_log_step = s.step
+        self.step_series = [(st + 1, dict(zip(("train/loss", "grad_norm", "grad_norm/clipped", "clip/clipped",
+                                                 "nonfinite/skipped"), rows[st % self.settings.log_every])))
+                            for st in range(first, s.step)]
+        window = [v for _, v in self.step_series]
+        if not window:
+            self._poll_guard()
+            return
+        logs = {"train/loss": window[-1]["train/loss"], **self.current_lrs(),
+                "grad_norm": window[-1]["grad_norm"],
+                "clip/fraction": sum(v["clip/clipped"] for v in window) / max(len(window), 1),
                 "throughput/samples_per_s": self._examples_since_log / max(now - self._t_log, 1e-9)}
-        if grad_norm is not None:
-            logs["grad_norm"] = float(grad_norm)
         self._t_log, self._examples_since_log = now, 0
         for cb in self.callbacks:
             cb.on_log(self, logs)
+        self._poll_guard()
+
+    def _poll_guard(self) -> None:
+        """Act on non-finite steps seen since the last poll: stop, stop after K skips, or roll back."""
+        positions, self._positions = self._positions, []
+        if not positions:
+            return
+        report = self.stepper.guard.poll()
+        if report.explosion:
+            self._event(f"step {self.state.step}: {report.explosion}")
+        new_bad = report.bad_steps - getattr(self, "_bad_seen", 0)
+        self._bad_seen = report.bad_steps
+        if new_bad <= 0:
+            return
+        mode = self.c.recipe.train.on_nonfinite
+        if mode == "stop":
+            self._stop_nonfinite(report.first_bad_step, positions)
+        elif mode == "skip":
+            self._event(f"skipped {new_bad} update(s) with a non-finite loss or gradient "
+                        f"(first at step {report.first_bad_step}); {report.bad_steps} in all")
+            if report.max_consecutive >= self.c.recipe.train.max_skips:
+                self.request_stop(f"non-finite: {report.max_consecutive} consecutive updates skipped "
+                                  f"(train.max_skips {self.c.recipe.train.max_skips})")
+        else:
+            self._roll_back(new_bad)
+
+    def _stop_nonfinite(self, first_bad: int, positions: list[tuple[int, int, int]]) -> None:
+        from nnrun.guard import locate_nonfinite
+
+        where = next(((e, b) for st, e, b in positions if st == first_bad), None)
+        culprit = "unknown (the batch is outside this window)"
+        if where is not None:
+            batches = list(self.c.train_batches.epoch(where[0], start=where[1]))[:self.accumulate]
+            culprit = locate_nonfinite(self.model, self.loss_fn, batches, self.c.device, self.stepper.autocast)
+        norms = [f"step {st}: {v:.3g}" for st, v in self.stepper.guard.norms_before(first_bad)]
+        self.request_stop(f"non-finite loss or gradient at step {first_bad} (epoch {where[0] if where else '?'}): "
+                          f"{culprit}; gradient norms up to it: {', '.join(norms) or 'n/a'}. Updates from that "
+                          "step on were not applied; try a lower optimizer.lr, clip.policy global_norm, or "
+                          "train.on_nonfinite: rollback")
+        self.nonfinite_step = first_bad
+
+    def _snapshot(self) -> None:
+        """Keep a copy of the last good state in memory (rollback mode only)."""
+        self._good = copy.deepcopy(self.state_dict())
+
+    def _roll_back(self, new_bad: int) -> None:
+        s = self.state
+        if self._good is None or s.rollbacks >= self.c.recipe.train.max_rollbacks:
+            self.request_stop(f"non-finite: gave up after {s.rollbacks} rollback(s) (train.max_rollbacks)")
+            return
+        rollbacks, scale = s.rollbacks + 1, s.lr_scale * self.c.recipe.train.rollback_factor
+        at = s.step
+        self.load_state_dict(copy.deepcopy(self._good))
+        s.rollbacks, s.lr_scale = rollbacks, scale
+        self.stepper.guard.reset_stop_latch()
+        self._rewound = True
+        self._last_log_step = s.step
+        self._event(f"step {at}: {new_bad} non-finite step(s); rolled back to step {s.step} (epoch {s.epoch}) "
+                    f"and cut the learning rate to x{scale:g} (rollback {rollbacks})")
+
+    def _event(self, message: str) -> None:
+        self.state.events.append(message)
+        for cb in self.callbacks:
+            cb.on_event(self, message)
 
     # -- evaluation and early stopping -------------------------------------------------------
     def _end_epoch(self) -> None:
@@ -209,6 +316,9 @@ class Trainer:
             self._evaluate()
 
     def _evaluate(self) -> None:
+        self._poll_guard()  # an evaluation is a sync point anyway: act on non-finite steps first
+        if self._stop_requested or self._rewound:
+            return
         s = self.state
         train_loss = float(s.epoch_loss_sum / max(s.epoch_examples, 1)) if s.epoch_examples else None
         record: dict[str, Any] = {"epoch": s.epoch if s.batch == 0 else s.epoch + s.batch / self.steps_per_epoch,
@@ -224,6 +334,8 @@ class Trainer:
             record["lr_cut"] = True  # the plateau modifier cut the rate from the next step on
         for cb in self.callbacks:
             cb.on_eval_end(self, record)
+        if self.rollback:
+            self._snapshot()
 
     def _update_best(self, record: dict) -> None:
         s, name = self.state, self.settings.monitor
@@ -247,7 +359,9 @@ class Trainer:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.c.schedule.state_dict(), "scaler": None, "ema": None,
+            "schedule": self.c.schedule.state_dict(), "stepper": self.stepper.state_dict(),
+            "scaler": self.stepper.state_dict()["scaler"], "ema": None,
+            "lr_scale": s.lr_scale, "rollbacks": s.rollbacks,
             "rng": capture_rng(),
             "epoch": s.epoch, "batch": s.batch, "step": s.step,
             "epoch_loss_sum": None if s.epoch_loss_sum is None else s.epoch_loss_sum.detach().cpu(),
@@ -264,7 +378,9 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.c.schedule.load_state_dict(payload["schedule"])
+        self.stepper.load_state_dict(payload.get("stepper"))
         s = self.state
+        s.lr_scale, s.rollbacks = payload.get("lr_scale", 1.0), payload.get("rollbacks", 0)
         s.epoch, s.batch, s.step = payload["epoch"], payload["batch"], payload["step"]
         s.history, s.best, s.bad_evals = list(payload["history"]), payload["best"], payload["bad_evals"]
         loss_sum = payload["epoch_loss_sum"]

@@ -132,9 +132,13 @@ def test_real_sigint_mid_run_saves_and_resumes_exactly(tiny_recipe, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "resume exactly" in err
     assert not list((run / "checkpoints").glob("*.tmp"))
+    saved = checkpoint.load(run)
+    where = f"interrupted at epoch {saved['epoch']} batch {saved['batch']} step {saved['step']}"
     res = invoke("train", "--resume", run)
     assert res.exit_code == 0, res.output
-    assert_same_weights(checkpoint.load(full.last_checkpoint)["model"], checkpoint.load(run)["model"])
+    resumed = checkpoint.load(run)
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in full.history], where
+    assert_same_weights(checkpoint.load(full.last_checkpoint)["model"], resumed["model"])
 
 
 def test_predict_writes_probabilities_and_metrics(tiny_recipe, tmp_path):
@@ -284,3 +288,16 @@ def test_quickstart_reaches_95_percent(tmp_path):
     assert res.exit_code == 0, res.output
     best = max(json.loads(x)["val_acc"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert best >= 0.95
+
+
+def test_train_threads_apply_during_the_run_only(tiny_recipe, tmp_path):
+    seen = []
+
+    class Threads(Callback):
+        def on_fit_start(self, trainer):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    r = recipe_io.load(tiny_recipe, ["train.threads=1", "train.epochs=1"])
+    train_wf.run(r, run_dir=tmp_path / "run", callbacks=[Threads()], handle_signals=False)
+    assert seen == [1] and torch.get_num_threads() == before

@@ -20,6 +20,7 @@ from nnrun import recipe as recipe_io
 from nnrun.config import Recipe
 from nnrun.errors import OutputError
 from nnrun.trainer import Callback, LoopSettings, Trainer
+from nnrun.threads import recipe_threads
 
 INTERRUPTED = "interrupted"
 
@@ -38,7 +39,8 @@ class TrainResult:
     steps: int
     seconds: float
     signal: str | None = None
-    extra: dict = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)   # warnings: gradient spikes, skips, rollbacks
+    diagnostic_checkpoint: Path | None = None          # written when the non-finite guard stopped the run
 
     @property
     def interrupted(self) -> bool:
@@ -87,6 +89,7 @@ def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
             signal.signal(s, h)
 
 
+@recipe_threads
 def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | None = None,
         device: str | None = None, callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
         handle_signals: bool = True, notes=None) -> TrainResult:
@@ -115,8 +118,6 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(recipe)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     dev = resolve_device(device or recipe.train.device)
     c = build(recipe, device=dev, base_dir=base_dir,
               normalizer=payload["normalization"] if payload else None)
@@ -144,7 +145,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
                        best_checkpoint=saver.best_path if saver else None,
                        last_checkpoint=saver.last_path if saver else None, history=state.history,
                        stop_reason=state.stop_reason or "finished", steps=state.step,
-                       seconds=time.perf_counter() - start, signal=caught.get("signal"))
+                       seconds=time.perf_counter() - start, signal=caught.get("signal"),
+                       events=list(state.events), diagnostic_checkpoint=saver.diagnostic_path if saver else None)
 
 
 def _load_for_resume(trainer: Trainer, payload: dict) -> None:

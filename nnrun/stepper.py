@@ -1,0 +1,128 @@
+"""One optimizer step with its numeric safety: precision, accumulation, clipping, the guard.
+
+The order is the one that keeps each piece correct (algorithms.md section 6):
+forward under autocast -> loss weighted by the micro-batch's share -> (scaled) backward for
+every micro-batch -> unscale (fp16) -> clip once on the accumulated gradient -> non-finite
+check -> step (skipped on the device when the guard or the scaler says so). Clipping scaled
+fp16 gradients, the bug behind Lightning #9599, cannot happen here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nnrun.clip import Clipper, layer_grad_norms
+from nnrun.guard import NonFiniteGuard
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepOutput:
+    """Device tensors of one step (read only when logged)."""
+
+    loss: torch.Tensor        # mean loss over the step's examples
+    examples: int
+    norm_before: torch.Tensor
+    norm_after: torch.Tensor
+    clipped: torch.Tensor
+    skipped: torch.Tensor     # the update was not applied (non-finite, or fp16 overflow)
+
+
+def per_param_thresholds(recipe, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """`optimizer.groups[].clip_norm` mapped onto the parameter names of each group."""
+    by_group = {(g.name or f"g{i}"): g.clip_norm for i, g in enumerate(recipe.optimizer.groups)
+                if g.clip_norm is not None}
+    out = {}
+    for group in optimizer.param_groups:
+        bound = by_group.get(group.get("name", "").removesuffix(".no_decay"))
+        if bound is not None:
+            out.update({n: bound for n in group.get("param_names", [])})
+    return out
+
+
+class Stepper:
+    """Runs optimizer steps for a model, loss and optimizer as the recipe says."""
+
+    def __init__(self, recipe, model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
+                 device: torch.device):
+        self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
+        precision = recipe.train.precision
+        self.amp_dtype = AMP_DTYPES.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        named = list(model.named_parameters())
+        self.named = named
+        self.clipper = Clipper(recipe.clip, named, per_param_thresholds(recipe, optimizer), device)
+        self.guard = NonFiniteGuard(recipe.train.on_nonfinite, device,
+                                    explosion_factor=recipe.train.explosion_factor)
+        self.fused = any(g.get("fused") for g in optimizer.param_groups)
+        self.layer_norms_every = recipe.clip.layer_norms_every
+        self.layer_norms: dict[str, torch.Tensor] = {}
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def forward_backward(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+        """Accumulate gradients of every micro-batch; return the mean loss and the example count."""
+        total = sum(len(y) for _, y in batches)
+        loss_sum = None
+        for x, y in batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                loss = self.loss_fn(self.model(x), y)
+            # Weighted by the micro-batch's share of the examples, the summed gradient equals the
+            # gradient of one batch of all of them, also when the last micro-batch is smaller.
+            weighted = loss * (len(y) / total) if len(batches) > 1 else loss
+            (self.scaler.scale(weighted) if self.scaler else weighted).backward()
+            part = loss.detach().float() * len(y)
+            loss_sum = part if loss_sum is None else loss_sum + part
+        return loss_sum / total, total
+
+    def step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int) -> StepOutput:
+        """One optimizer step on `batches` (the micro-batches of this step)."""
+        loss, total = self.forward_backward(batches)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.clipper()
+        if self.layer_norms_every and (step + 1) % self.layer_norms_every == 0:
+            self.layer_norms = layer_grad_norms(self.named)
+        if self.scaler:
+            # fp16 overflow is routine while the scale calibrates: the scaler skips those steps;
+            # the guard watches the loss only.
+            skip = self.guard.check(loss, torch.zeros((), device=self.device), step)
+            overflow = ~torch.isfinite(clip.before)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = skip | overflow
+        else:
+            skipped = self.guard.check(loss, clip.before, step)
+            self._apply(skipped)
+        return StepOutput(loss, total, clip.before, clip.after, clip.clipped, skipped)
+
+    def _apply(self, skip: torch.Tensor) -> None:
+        if self.fused:  # the fused kernels skip on the device: no host sync
+            self.optimizer.found_inf = skip.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not bool(skip):  # other kernels need the answer on the host
+            self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict() if self.scaler else None,
+                "clip": self.clipper.state_dict(), "guard": self.guard.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.clipper.load_state_dict(state.get("clip"))
+        self.guard.load_state_dict(state.get("guard"))

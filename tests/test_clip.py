@@ -1,0 +1,250 @@
+"""Clip policies against hand-computed gradients, accumulation equivalence, fp16 loss scaling,
+and the non-finite guard in each mode on a run built to diverge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnrun import checkpoint
+from nnrun import recipe as recipe_io
+from nnrun.clip import Clipper
+from nnrun.config import ClipConfig
+from nnrun.guard import NonFiniteGuard
+from nnrun.workflows import train as train_wf
+
+
+def params_with_grads(*pairs):
+    """[(name, weight, grad)] -> named parameters with the given gradients."""
+    out = []
+    for name, w, g in pairs:
+        p = nn.Parameter(torch.tensor(w, dtype=torch.float32))
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        out.append((name, p))
+    return out
+
+
+def test_global_norm_scales_all_gradients_together():
+    named = params_with_grads(("a", [0.0, 0.0], [3.0, 0.0]), ("b", [0.0], [4.0]))
+    res = Clipper(ClipConfig(policy="global_norm", max_norm=1.0), named)()
+    assert float(res.before) == pytest.approx(5.0) and float(res.after) == pytest.approx(1.0, abs=1e-5)
+    assert named[0][1].grad.tolist() == pytest.approx([0.6, 0.0], abs=1e-6)
+    assert named[1][1].grad.tolist() == pytest.approx([0.8], abs=1e-6)
+    assert bool(res.clipped)
+
+
+def test_global_norm_leaves_small_gradients_alone():
+    named = params_with_grads(("a", [0.0, 0.0], [0.3, 0.4]))
+    res = Clipper(ClipConfig(policy="global_norm", max_norm=1.0), named)()
+    assert named[0][1].grad.tolist() == pytest.approx([0.3, 0.4]) and not bool(res.clipped)
+
+
+def test_per_param_norm_clips_each_tensor_to_its_own_bound():
+    named = params_with_grads(("w", [0.0, 0.0], [3.0, 4.0]), ("b", [0.0], [0.5]), ("h", [0.0], [10.0]))
+    Clipper(ClipConfig(policy="per_param_norm", max_norm=1.0), named, thresholds={"h": 2.0})()
+    assert named[0][1].grad.tolist() == pytest.approx([0.6, 0.8], abs=1e-6)   # 5 -> 1
+    assert named[1][1].grad.tolist() == pytest.approx([0.5])                  # under the bound
+    assert named[2][1].grad.tolist() == pytest.approx([2.0], abs=1e-5)        # its group's bound
+
+
+def test_value_clamps_elementwise():
+    named = params_with_grads(("w", [0.0, 0.0, 0.0], [-3.0, 0.2, 5.0]))
+    Clipper(ClipConfig(policy="value", value=1.0), named)()
+    assert named[0][1].grad.tolist() == pytest.approx([-1.0, 0.2, 1.0])
+
+
+def test_agc_is_unit_wise_and_skips_the_head():
+    # row 0: ||W|| = 5, bound 0.1*5 = 0.5 < ||G|| = 1 -> scaled to 0.5; row 1: ||W|| = 0 -> eps 1e-3 floor
+    named = params_with_grads(("body.w", [[3.0, 4.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]),
+                              ("head.weight", [[1.0, 0.0]], [[50.0, 0.0]]))
+    Clipper(ClipConfig(policy="agc", clipping=0.1, eps=1e-3), named)()
+    assert torch.allclose(named[0][1].grad, torch.tensor([[0.5, 0.0], [0.0, 1e-4]]), atol=1e-7)
+    assert named[1][1].grad.tolist() == [[50.0, 0.0]]
+
+
+def test_autoclip_uses_the_percentile_of_the_history_including_now():
+    named = params_with_grads(("w", [0.0], [0.0]))
+    clipper = Clipper(ClipConfig(policy="autoclip", percentile=25.0, window=8), named)
+    history = []
+    for value in [4.0, 1.0, 3.0, 10.0, 2.0, 6.0]:
+        named[0][1].grad = torch.tensor([value])
+        history.append(value)
+        res = clipper()
+        expected = min(1.0, float(np.percentile(history, 25)) / (value + 1e-6)) * value
+        assert float(res.after) == pytest.approx(expected, rel=1e-5)
+
+
+def test_autoclip_history_is_a_bounded_ring_that_round_trips():
+    named = params_with_grads(("w", [0.0], [0.0]))
+    clipper = Clipper(ClipConfig(policy="autoclip", percentile=50.0, window=3), named)
+    for value in [1.0, 2.0, 3.0, 100.0, 100.0]:
+        named[0][1].grad = torch.tensor([value])
+        clipper()
+    again = Clipper(ClipConfig(policy="autoclip", percentile=50.0, window=3), named)
+    again.load_state_dict(clipper.state_dict())
+    assert sorted(again.history.tolist()) == [3.0, 100.0, 100.0] and int(again.count) == 5
+
+
+def test_a_nonfinite_norm_never_scales_gradients_to_nan():
+    named = params_with_grads(("w", [0.0, 0.0], [float("inf"), 1.0]))
+    Clipper(ClipConfig(policy="global_norm", max_norm=1.0), named)()
+    assert named[0][1].grad.tolist()[1] == 1.0  # untouched; the guard skips this step instead
+
+
+# ---------------------------------------------------------------------------------------------
+# accumulation, precision
+
+
+def train(tiny_recipe, tmp_path, overrides, name="run", **kw):
+    r = recipe_io.load(tiny_recipe, ["log.tensorboard=false", "data.limit=640", *overrides])
+    return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
+
+
+def weights(result):
+    return checkpoint.load(result.last_checkpoint)["model"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_accumulation_equals_the_large_batch(tiny_recipe, tmp_path, optimizer):
+    common = ["train.epochs=1", "model.dropout=0.0", f"optimizer.name={optimizer}", "optimizer.lr=0.05"]
+    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=16", "clip.accumulate=4"], "small")
+    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=64"], "big")
+    assert small.steps == big.steps  # schedules count optimizer steps
+    a, b = weights(small), weights(big)
+    # SGD is linear in the gradient: equal to float rounding. Adam divides by sqrt(v), which
+    # amplifies the rounding of a differently ordered sum a little.
+    tol = {"sgd": dict(atol=2e-6), "adam": dict(rtol=1e-4, atol=1e-5)}[optimizer]
+    for key in a:
+        assert torch.allclose(a[key], b[key], **tol), key
+
+
+def test_partial_accumulation_at_the_end_of_an_epoch_is_weighted(tiny_recipe, tmp_path):
+    # 512 training examples in batches of 48: 11 micro-batches, the last of 32; accumulate 3 ->
+    # 4 steps, the last over 2 micro-batches (80 examples). Same as batch 144 with a last of 80.
+    common = ["train.epochs=1", "model.dropout=0.0", "optimizer.name=sgd", "optimizer.lr=0.1"]
+    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=48", "clip.accumulate=3"], "small")
+    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=144"], "big")
+    assert small.steps == big.steps == 4
+    a, b = weights(small), weights(big)
+    assert all(torch.allclose(a[k], b[k], atol=2e-6) for k in a)
+
+
+def test_clipping_happens_once_per_step_on_the_accumulated_gradient(tiny_recipe, tmp_path):
+    common = ["train.epochs=1", "model.dropout=0.0", "optimizer.name=sgd", "clip.policy=global_norm",
+              "clip.max_norm=0.05"]
+    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=16", "clip.accumulate=4"], "small")
+    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=64"], "big")
+    a, b = weights(small), weights(big)
+    assert all(torch.allclose(a[k], b[k], atol=2e-6) for k in a)
+
+
+def test_batchnorm_with_accumulation_is_warned_about(tiny_recipe):
+    from nnrun.build import build
+
+    c = build(recipe_io.load(tiny_recipe, ["model.norm=batch", "clip.accumulate=2"]), device=torch.device("cpu"))
+    assert any("BatchNorm sees micro-batches of 64" in n for n in c.notes)
+
+
+def test_fp16_overflowing_steps_are_skipped_and_the_scaler_adapts():
+    from nnrun.stepper import Stepper
+
+    r = recipe_io.validate({"train": {"precision": "fp16"}}, source=recipe_io.Source("t"))
+    model = nn.Sequential(nn.Linear(4, 3))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)  # uniform softmax: large, known gradients
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+    stepper = Stepper(r, model, nn.CrossEntropyLoss(), opt, torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.full((8, 4), 10.0)  # finite logits, but gradients x 2**16 overflow fp16
+    out = stepper.step([(x, torch.zeros(8, dtype=torch.long))], 0)
+    assert bool(out.skipped)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert stepper.scaler.get_scale() == 2.0 ** 15  # backed off from 2**16
+    opt.zero_grad()
+    out = stepper.step([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))], 1)
+    assert not bool(out.skipped) and not torch.equal(before[0], model[0].weight)
+    assert stepper.state_dict()["scaler"]["scale"] == 2.0 ** 15
+
+
+def test_bf16_trains(tiny_recipe, tmp_path):
+    res = train(tiny_recipe, tmp_path, ["train.precision=bf16", "train.epochs=1"])
+    assert res.stop_reason == "finished" and math.isfinite(res.history[-1]["val_loss"])
+
+
+def test_per_step_clip_logging_reaches_tensorboard(tiny_recipe, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = train(tiny_recipe, tmp_path, ["log.tensorboard=true", "clip.policy=global_norm", "clip.max_norm=0.1",
+                                        "clip.layer_norms_every=5", "train.epochs=1"])
+    acc = EventAccumulator(str(res.run_dir / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("grad_norm")]
+    assert steps == list(range(1, res.steps + 1)) or steps[:5] == [1, 2, 3, 4, 5]  # every step
+    after = [e.value for e in acc.Scalars("grad_norm/clipped")]
+    assert max(after) <= 0.1 + 1e-4
+    assert {"clip/fraction", "grad_norm/layer/head.weight"} <= set(acc.Tags()["scalars"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the non-finite guard
+
+DIVERGE = ["optimizer.name=sgd", "optimizer.lr=1e30", "optimizer.momentum=0", "train.epochs=2",
+           "log.every_n_steps=2"]  # the first update overflows the weights
+
+
+def test_stop_names_the_step_and_module_and_keeps_the_last_finite_checkpoint(tiny_recipe, tmp_path):
+    res = train(tiny_recipe, tmp_path, DIVERGE)
+    assert res.stop_reason.startswith("non-finite loss or gradient at step")
+    assert "forward:" in res.stop_reason or "backward:" in res.stop_reason or "loss" in res.stop_reason
+    folder = res.run_dir / "checkpoints"
+    assert res.diagnostic_checkpoint and res.diagnostic_checkpoint.is_file()
+    for path in folder.glob("*.pt"):
+        if not path.name.startswith("nonfinite"):
+            assert checkpoint.weights_finite(checkpoint.load(path)), path.name
+
+
+def test_skip_drops_updates_and_stops_after_k_in_a_row(tiny_recipe, tmp_path):
+    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=skip", "train.max_skips=3"])
+    assert "consecutive updates skipped" in res.stop_reason
+    assert any("skipped" in e for e in res.events + [res.stop_reason])
+
+
+def test_rollback_reloads_and_cuts_the_rate_until_it_trains(tiny_recipe, tmp_path):
+    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=1e-32",
+                                        "train.max_rollbacks=3"])
+    events = res.events
+    assert any("rolled back" in e for e in events), events
+    assert res.stop_reason == "finished" and math.isfinite(res.history[-1]["val_loss"])
+    payload = checkpoint.load(res.last_checkpoint)
+    assert payload["lr_scale"] <= 1e-32 and checkpoint.weights_finite(payload)
+
+
+def test_rollback_gives_up_after_max_rollbacks(tiny_recipe, tmp_path):
+    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=0.9",
+                                        "train.max_rollbacks=2"])
+    assert "gave up after 2 rollback(s)" in res.stop_reason
+
+
+def test_saver_never_rotates_in_nonfinite_weights(tmp_path):
+    saver = checkpoint.CheckpointSaver(tmp_path, monitor="val_acc", mode="max", top_k=2)
+    good = {"format": checkpoint.FORMAT, "step": 1, "model": {"w": torch.ones(2)}}
+    bad = {"format": checkpoint.FORMAT, "step": 2, "model": {"w": torch.tensor([1.0, float("nan")])}}
+    saver.save_ranked(good, epoch=1, step=1, value=0.5)
+    saver.save_last(good)
+    assert saver.save_ranked(bad, epoch=2, step=2, value=0.9) is None
+    assert saver.save_last(bad).name == "nonfinite-step2.pt"
+    assert checkpoint.weights_finite(checkpoint.load(tmp_path / "last.pt"))
+
+
+def test_guard_warns_on_a_gradient_norm_spike():
+    guard = NonFiniteGuard("stop", torch.device("cpu"), explosion_factor=10.0)
+    loss = torch.tensor(1.0)
+    for step in range(20):
+        guard.check(loss, torch.tensor(1.0 + 0.01 * step), step)
+    assert guard.poll().explosion is None
+    guard.check(loss, torch.tensor(50.0), 20)
+    report = guard.poll()
+    assert report.explosion and "50" in report.explosion and report.bad_steps == 0

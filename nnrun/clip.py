@@ -78,11 +78,16 @@ class Clipper:
     def grads(self, params=None) -> list[torch.Tensor]:
         return [p.grad for p in (params if params is not None else self.params) if p.grad is not None]
 
-    def __call__(self) -> ClipResult:
-        """Clip in place; return the norms before/after and whether this step was clipped."""
+    def __call__(self, want_norm: bool = True) -> ClipResult | None:
+        """Clip in place; return the norms before/after and whether this step was clipped.
+
+        With policy `none` and `want_norm` false nothing is computed (None): the default loop
+        reads the norm only on log steps."""
+        policy = self.cfg.policy
+        if policy == "none" and not want_norm:
+            return None
         grads = self.grads()
         before = total_norm(grads, self.cfg.norm_type)
-        policy = self.cfg.policy
         if policy == "global_norm":
             _scale(grads, before, self.cfg.max_norm)
         elif policy == "per_param_norm":

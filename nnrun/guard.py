@@ -1,19 +1,22 @@
-"""The non-finite guard: catch NaN/Inf losses and gradients without a host sync per step.
+"""The non-finite guard: catch NaN/Inf losses and gradients at almost no cost per step.
 
-Each step computes, on the device, whether its loss or gradient norm is non-finite and whether
-the update must be skipped. Fused optimizers take that flag as `found_inf` and skip the update
-(state included) on the device, the same path GradScaler uses, so nothing waits for the CPU.
-The host reads the counters only on log steps (`poll`), which is when `stop`, `skip` and
-`rollback` act; updates after the first non-finite step are never applied in `stop` mode, so
-the weights the guard stops with are the last finite ones. Non-fused optimizers need the answer
-before stepping, so for them the flag is read every step (a documented cost).
+Each step computes one flag: is the loss (and the gradient norm, when the step computes one) non-
+finite? On CUDA the flag stays on the device and the fused optimizers take it as `found_inf`, the
+path GradScaler uses, so a bad update is skipped without waiting for the GPU. On the CPU there is
+no queue to wait for, so the flag is read at once (a few microseconds) and the step is skipped
+on the host. Either way the per-step flags land in the loop's per-step buffer and the host turns
+them into counters once per log window (`poll`), which is when `stop`, `skip` and `rollback`
+act; in `stop` mode no update after the first non-finite step is applied, so the weights the
+guard stops with are the last finite ones.
 
-It also keeps a short history of gradient norms to warn when one jumps far above the recent
-median: an explosion in the making (peers.md: runs that kept training on `grad_norm: nan`).
+It also keeps the recent gradient norms to warn when one jumps far above their median: an
+explosion in the making (peers.md: runs that kept training on `grad_norm: nan`).
 """
 
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,80 +29,89 @@ class GuardReport:
     bad_steps: int            # non-finite steps since the start of the run
     first_bad_step: int       # optimizer step (0-based) of the first one, -1 if none
     consecutive: int          # current run of consecutive non-finite steps
-    max_consecutive: int      # longest run since the last poll
+    max_consecutive: int      # longest run seen in this window
     explosion: str | None     # a warning about a gradient-norm spike
 
 
 class NonFiniteGuard:
-    """Device-side bookkeeping of non-finite steps and gradient-norm spikes."""
+    """Per-step non-finite flags and their host-side bookkeeping."""
 
-    def __init__(self, mode: str, device: torch.device, *, explosion_factor: float = 10.0, window: int = 64):
+    def __init__(self, mode: str, device: torch.device, *, explosion_factor: float = 10.0, history: int = 256):
         self.mode, self.device, self.explosion_factor = mode, device, explosion_factor
-        z = lambda dtype=torch.long: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-        self.bad_total, self.consec, self.max_consec = z(), z(), z()
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.any_bad = z(torch.bool)
-        self.norms = torch.full((window,), float("nan"), device=device)
-        self.norm_steps = [-1] * window  # host-side: which step each slot holds
-        self.slot = 0
-        self.last_polled_slot = 0
+        self.on_host = device.type == "cpu"
+        self.latch = torch.zeros((), dtype=torch.bool, device=device)   # stop mode, device path
+        self.latched = False                                            # stop mode, host path
+        self.bad_total, self.first_bad, self.consec, self.window_max = 0, -1, 0, 0
+        self.norms: collections.deque[tuple[int, float]] = collections.deque(maxlen=history)
 
-    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
-        """Record one step; return the device flag (bool) that says: skip this update."""
-        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        self.bad_total += bad.long()
-        self.first_bad.copy_(torch.where((self.first_bad < 0) & bad, step, self.first_bad))
-        self.consec.copy_((self.consec + 1) * bad.long())
-        self.max_consec.copy_(torch.maximum(self.max_consec, self.consec))
-        self.any_bad |= bad
-        self.norms[self.slot % self.norms.numel()] = grad_norm.detach().float()
-        self.norm_steps[self.slot % self.norms.numel()] = step
-        self.slot += 1
-        return self.any_bad.clone() if self.mode == "stop" else bad
+    def flag(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor | bool:
+        """This step's loss or gradient norm is non-finite: a host bool on the CPU (reading a CPU
+        scalar costs microseconds), a device bool elsewhere (norm >= 0, so a sum covers both)."""
+        value = loss if grad_norm is None else loss + grad_norm
+        if self.on_host:
+            return not math.isfinite(value.item())
+        return ~torch.isfinite(value)
 
-    def poll(self) -> GuardReport:
-        """One host sync: the counters, and a spike warning if the latest norms jumped."""
-        bad_total, first, consec, max_consec = torch.stack(
-            [self.bad_total, self.first_bad, self.consec, self.max_consec]).tolist()
-        self.max_consec.copy_(self.consec)
-        return GuardReport(bad_total, first, consec, max_consec, self._explosion())
+    def skip(self, bad: torch.Tensor | bool, step: int) -> torch.Tensor | bool:
+        """Whether to skip this update: a host bool on the CPU (counted at once), a device flag
+        elsewhere (counted at the next poll). In `stop` mode every later update is skipped too."""
+        if self.on_host:
+            b = bool(bad)
+            self._count(step, b)
+            self.latched = self.latched or (b and self.mode == "stop")
+            return self.latched or b
+        if self.mode == "stop":
+            self.latch |= bad
+            return self.latch.clone()
+        return bad
 
-    def _explosion(self) -> str | None:
-        norms = self.norms.detach().cpu()
-        new = min(self.slot - self.last_polled_slot, norms.numel())
-        self.last_polled_slot = self.slot
-        if new <= 0 or self.slot < 8:
+    def _count(self, step: int, bad: bool) -> None:
+        if bad:
+            self.bad_total += 1
+            self.first_bad = step if self.first_bad < 0 else self.first_bad
+            self.consec += 1
+            self.window_max = max(self.window_max, self.consec)
+        else:
+            self.consec = 0
+
+    def poll(self, rows: list[tuple[int, float, float]]) -> GuardReport:
+        """Fold a window of (step, bad flag, gradient norm) into the counters; warn on a spike.
+        (On the CPU the flags were counted as they came; the rows only bring the norms.)"""
+        for step, bad, _ in rows if not self.on_host else ():
+            self._count(step, bool(bad))
+        report_max, self.window_max = max(self.window_max, self.consec), self.consec
+        explosion = self._explosion([(st, n) for st, bad, n in rows if not bad and math.isfinite(n)])
+        return GuardReport(self.bad_total, self.first_bad, self.consec, report_max, explosion)
+
+    def _explosion(self, fresh: list[tuple[int, float]]) -> str | None:
+        older = sorted(n for _, n in self.norms)
+        self.norms.extend(fresh)
+        if len(older) < 8 or not fresh:
             return None
-        order = [(self.slot - 1 - i) % norms.numel() for i in range(min(self.slot, norms.numel()))]
-        recent, older = norms[order[:new]], norms[order[new:]]
-        older = older[torch.isfinite(older)]
-        recent = recent[torch.isfinite(recent)]
-        if older.numel() < 4 or recent.numel() == 0:
-            return None
-        median, peak = float(older.median()), float(recent.max())
+        median = older[len(older) // 2]
+        step, peak = max(fresh, key=lambda p: p[1])
         if median > 0 and peak > self.explosion_factor * median:
-            return (f"gradient norm {peak:.3g} is {peak / median:.0f}x its recent median {median:.3g}: an "
-                    "explosion in the making? consider a lower optimizer.lr or clip.policy global_norm")
+            return (f"gradient norm {peak:.3g} at step {step} is {peak / median:.0f}x its recent median "
+                    f"{median:.3g}: an explosion in the making? consider a lower optimizer.lr or "
+                    "clip.policy global_norm")
         return None
 
     def norms_before(self, step: int, k: int = 5) -> list[tuple[int, float]]:
-        """The gradient norms of the last `k` steps up to and including `step` (one host sync)."""
-        values = self.norms.detach().cpu().tolist()
-        pairs = sorted((st, v) for st, v in zip(self.norm_steps, values) if 0 <= st <= step)
-        return pairs[-k:]
+        """The recorded gradient norms of the last `k` steps up to and including `step`."""
+        return [p for p in self.norms if p[0] <= step][-k:]
 
     def reset_stop_latch(self) -> None:
         """After a rollback the run is healthy again: stop skipping."""
-        self.any_bad.zero_()
-        self.consec.zero_()
+        self.latch.zero_()
+        self.latched = False
+        self.consec = 0
 
     def state_dict(self) -> dict:
-        return {"bad_total": int(self.bad_total), "first_bad": int(self.first_bad)}
+        return {"bad_total": self.bad_total, "first_bad": self.first_bad}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            self.bad_total.fill_(state["bad_total"])
-            self.first_bad.fill_(state["first_bad"])
+            self.bad_total, self.first_bad = state["bad_total"], state["first_bad"]
 
 
 def _first_tensor(out):

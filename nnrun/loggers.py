@@ -30,15 +30,16 @@ class TensorBoard(Callback):
 
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
         step = trainer.state.step
-        for key in ("lr/", "momentum/", "throughput/", "clip/fraction"):
-            for name, value in logs.items():
-                if name.startswith(key):
-                    self.writer.add_scalar(name, value, step)
-        # Every step's loss, gradient norm before/after clipping and clip/skip flags, read from the
-        # device once per window.
+        per_step = {name for _, values in trainer.step_series for name in values}
+        for name, value in logs.items():
+            if name not in per_step:
+                self.writer.add_scalar(name, value, step)
+        # With a clip policy (or fp16, or on a GPU): every step's loss, gradient norm before and
+        # after clipping and its flags, read from the device once per window.
         for at, values in trainer.step_series:
             for name, value in values.items():
-                self.writer.add_scalar(name, value, at)
+                if value == value:  # NaN: not computed that step
+                    self.writer.add_scalar(name, value, at)
         for name, norm in trainer.stepper.layer_norms.items():
             self.writer.add_scalar(f"grad_norm/layer/{name}", float(norm), step)
         trainer.stepper.layer_norms = {}

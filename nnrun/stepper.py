@@ -23,14 +23,15 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepOutput:
-    """Device tensors of one step (read only when logged)."""
+    """One step's values, device tensors read only when logged (None: not computed this step)."""
 
     loss: torch.Tensor        # mean loss over the step's examples
     examples: int
-    norm_before: torch.Tensor
-    norm_after: torch.Tensor
-    clipped: torch.Tensor
-    skipped: torch.Tensor     # the update was not applied (non-finite, or fp16 overflow)
+    norm_before: torch.Tensor | None
+    norm_after: torch.Tensor | None
+    clipped: torch.Tensor | None
+    nonfinite: torch.Tensor | bool  # the loss or gradient was NaN/Inf (the update was not applied)
+    overflow: torch.Tensor | None = None  # fp16: the scaler skipped the step (gradients overflowed)
 
 
 def per_param_thresholds(recipe, optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -70,6 +71,14 @@ class Stepper:
 
     def forward_backward(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
         """Accumulate gradients of every micro-batch; return the mean loss and the example count."""
+        if len(batches) == 1:  # the common case: no weighting, no extra tensor ops
+            x, y = batches[0]
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                loss = self.loss_fn(self.model(x), y)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss = loss.detach()
+            return (loss if loss.dtype == torch.float32 else loss.float()), len(y)
         total = sum(len(y) for _, y in batches)
         loss_sum = None
         for x, y in batches:
@@ -78,41 +87,52 @@ class Stepper:
                 loss = self.loss_fn(self.model(x), y)
             # Weighted by the micro-batch's share of the examples, the summed gradient equals the
             # gradient of one batch of all of them, also when the last micro-batch is smaller.
-            weighted = loss * (len(y) / total) if len(batches) > 1 else loss
+            weighted = loss * (len(y) / total)
             (self.scaler.scale(weighted) if self.scaler else weighted).backward()
             part = loss.detach().float() * len(y)
             loss_sum = part if loss_sum is None else loss_sum + part
         return loss_sum / total, total
 
-    def step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int) -> StepOutput:
-        """One optimizer step on `batches` (the micro-batches of this step)."""
+    def step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int, *,
+             want_norm: bool = True) -> StepOutput:
+        """One optimizer step on `batches` (the micro-batches of this step).
+
+        The gradient norm is computed when a clip policy needs it, under fp16 (to see overflow)
+        or when `want_norm` asks (log steps); the non-finite check then covers the gradients too,
+        otherwise the loss (a bad gradient shows in the next step's loss)."""
         loss, total = self.forward_backward(batches)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        clip = self.clipper()
+        clip = self.clipper(want_norm or self.scaler is not None)
         if self.layer_norms_every and (step + 1) % self.layer_norms_every == 0:
             self.layer_norms = layer_grad_norms(self.named)
+        norm = clip.before if clip else None
+        overflow = None
         if self.scaler:
             # fp16 overflow is routine while the scale calibrates: the scaler skips those steps;
             # the guard watches the loss only.
-            skip = self.guard.check(loss, torch.zeros((), device=self.device), step)
-            overflow = ~torch.isfinite(clip.before)
+            bad = self.guard.flag(loss, None)
+            self.guard.skip(bad, step)
+            overflow = ~torch.isfinite(norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            skipped = skip | overflow
         else:
-            skipped = self.guard.check(loss, clip.before, step)
-            self._apply(skipped)
-        return StepOutput(loss, total, clip.before, clip.after, clip.clipped, skipped)
+            bad = self.guard.flag(loss, norm)
+            self._apply(self.guard.skip(bad, step))
+        return StepOutput(loss, total, norm, clip.after if clip else None, clip.clipped if clip else None,
+                          bad, overflow)
 
-    def _apply(self, skip: torch.Tensor) -> None:
-        if self.fused:  # the fused kernels skip on the device: no host sync
+    def _apply(self, skip: torch.Tensor | bool) -> None:
+        if isinstance(skip, bool):  # decided on the host (CPU)
+            if not skip:
+                self.optimizer.step()
+        elif self.fused:  # the fused kernels skip on the device: no host sync
             self.optimizer.found_inf = skip.float()
             try:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
-        elif not bool(skip):  # other kernels need the answer on the host
+        elif not bool(skip):  # other kernels on an accelerator need the answer on the host
             self.optimizer.step()
 
     def state_dict(self) -> dict:

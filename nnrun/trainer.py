@@ -45,6 +45,9 @@ class TrainState:
     events: list[str] = field(default_factory=list)  # warnings a person should see
 
 
+SERIES = ("train/loss", "grad_norm", "grad_norm/clipped", "clip/clipped", "nonfinite/skipped", "fp16/overflow")
+
+
 class Callback:
     """Hooks the loop calls; every hook gets the trainer (its state, model, ...)."""
 
@@ -95,9 +98,17 @@ class Trainer:
         self.rollback = components.recipe.train.on_nonfinite == "rollback"
         self._good: dict | None = None
         self._positions: list[tuple[int, int, int]] = []   # (step, epoch, batch) since the last poll
-        self._series = torch.zeros(settings.log_every, 5, device=components.device)
+        # Per-step values (loss, norms, flags) go to a device buffer read once per log window.
+        # The default CPU loop without clipping skips it: its guard counts on the host as it goes.
+        recipe = components.recipe
+        self.per_step = (recipe.clip.policy != "none" or recipe.train.precision == "fp16"
+                         or components.device.type != "cpu")
+        self._series = torch.zeros(settings.log_every, len(SERIES), device=components.device)
+        self._nan = torch.full((), float("nan"), device=components.device)
+        self._zero = torch.zeros((), device=components.device)
         self.step_series: list[tuple[int, dict[str, float]]] = []
-        self._last_log_step = 0
+        self._last_poll_step = 0
+        self._log_norm: torch.Tensor | None = None
         self._rewound = False
         self.last_loss: torch.Tensor | None = None
         self._stop_requested: str | None = None
@@ -180,11 +191,15 @@ class Trainer:
                 continue
             self._apply_schedule(s.step)
             self._positions.append((s.step, s.epoch, s.batch))
-            out = self.stepper.step(pending, s.step)
-            self._record(out)
+            log_now = (s.step + 1) % self.settings.log_every == 0
+            out = self.stepper.step(pending, s.step, want_norm=log_now)
+            if self.per_step:
+                self._record(out)
+            if log_now:
+                self._log_norm = out.norm_before
             s.step, s.batch, pending = s.step + 1, s.batch + len(pending), []
             self.last_loss = out.loss
-            s.epoch_loss_sum += out.loss * out.examples
+            s.epoch_loss_sum.add_(out.loss, alpha=out.examples)
             s.epoch_examples += out.examples
             self._examples_since_log += out.examples
             for cb in self.callbacks:
@@ -196,7 +211,7 @@ class Trainer:
                 break
 
     def train_step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                   want_grad_norm: bool = False) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+                   want_grad_norm: bool = True) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """One optimizer step on `batches` (micro-batches of one step), exactly as `nnrun train`
         takes it: autocast, weighted accumulation, unscaling, clipping, the non-finite guard.
 
@@ -205,13 +220,17 @@ class Trainer:
         Returns:
             (mean loss as a device tensor, examples seen, gradient norm before clipping).
         """
-        out = self.stepper.step(batches, self.state.step)
+        out = self.stepper.step(batches, self.state.step, want_norm=want_grad_norm)
         return out.loss, out.examples, out.norm_before
 
     def _record(self, out) -> None:
         """Per-step values into a device buffer, read once per log window (no sync per step)."""
-        row = torch.stack([out.loss, out.norm_before.float(), out.norm_after.float(),
-                           out.clipped.float(), out.skipped.float()])
+        pick = lambda t: self._nan if t is None else t.float()  # noqa: E731
+        row = torch.stack([out.loss, pick(out.norm_before), pick(out.norm_after),
+                           self._zero if out.clipped is None else out.clipped.float(),
+                           torch.as_tensor(float(out.nonfinite), device=self._zero.device)
+                           if isinstance(out.nonfinite, bool) else out.nonfinite.float(),
+                           self._zero if out.overflow is None else out.overflow.float()])
         self._series[self.state.step % self.settings.log_every] = row
 
     def _apply_schedule(self, step: int) -> None:
@@ -223,34 +242,42 @@ class Trainer:
             if momentum is not None:
                 set_momentum(group, momentum)
 
+    def _window(self) -> list[tuple[int, list[float]]]:
+        """(step, per-step values) of the steps since the last poll (empty without per-step values)."""
+        s = self.state
+        first = max(self._last_poll_step, s.step - self.settings.log_every)
+        self._last_poll_step = s.step
+        if not self.per_step or first >= s.step:
+            return []
+        data = self._series.tolist()
+        return [(st, data[st % self.settings.log_every]) for st in range(first, s.step)]
+
     def _log(self) -> None:
-        """Once per log window: one host sync for the window's per-step values and the guard."""
+        """Once per log window: one host sync for the window's values, then the guard."""
         now, s = time.perf_counter(), self.state
-        rows = self._series[:self.settings.log_every].tolist()
-        first = max(self._last_log_step, s.step - self.settings.log_every)
-        self._last_log_step = s.step
-        self.step_series = [(st + 1, dict(zip(("train/loss", "grad_norm", "grad_norm/clipped", "clip/clipped",
-                                                 "nonfinite/skipped"), rows[st % self.settings.log_every])))
-                            for st in range(first, s.step)]
-        window = [v for _, v in self.step_series]
-        if not window:
-            self._poll_guard()
-            return
-        logs = {"train/loss": window[-1]["train/loss"], **self.current_lrs(),
-                "grad_norm": window[-1]["grad_norm"],
-                "clip/fraction": sum(v["clip/clipped"] for v in window) / max(len(window), 1),
+        rows = self._window()
+        self.step_series = [(st + 1, dict(zip(SERIES, row))) for st, row in rows]
+        logs = {"train/loss": float(self.last_loss), **self.current_lrs(),
                 "throughput/samples_per_s": self._examples_since_log / max(now - self._t_log, 1e-9)}
+        if self._log_norm is not None:
+            logs["grad_norm"] = float(self._log_norm)
+        if rows:
+            logs["clip/fraction"] = sum(r[3] for _, r in rows) / len(rows)
         self._t_log, self._examples_since_log = now, 0
         for cb in self.callbacks:
             cb.on_log(self, logs)
-        self._poll_guard()
+        self._poll_guard(rows, log_norm=logs.get("grad_norm"))
 
-    def _poll_guard(self) -> None:
+    def _poll_guard(self, rows: list | None = None, log_norm: float | None = None) -> None:
         """Act on non-finite steps seen since the last poll: stop, stop after K skips, or roll back."""
+        rows = self._window() if rows is None else rows
         positions, self._positions = self._positions, []
         if not positions:
             return
-        report = self.stepper.guard.poll()
+        flags = [(st, r[4], r[1]) for st, r in rows]
+        if log_norm is not None and not rows:
+            flags.append((self.state.step - 1, 0.0, log_norm))
+        report = self.stepper.guard.poll(flags)
         if report.explosion:
             self._event(f"step {self.state.step}: {report.explosion}")
         new_bad = report.bad_steps - getattr(self, "_bad_seen", 0)
@@ -299,7 +326,7 @@ class Trainer:
         s.rollbacks, s.lr_scale = rollbacks, scale
         self.stepper.guard.reset_stop_latch()
         self._rewound = True
-        self._last_log_step = s.step
+        self._last_poll_step = s.step
         self._event(f"step {at}: {new_bad} non-finite step(s); rolled back to step {s.step} (epoch {s.epoch}) "
                     f"and cut the learning rate to x{scale:g} (rollback {rollbacks})")
 

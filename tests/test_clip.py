@@ -160,12 +160,12 @@ def test_fp16_overflowing_steps_are_skipped_and_the_scaler_adapts():
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.full((8, 4), 10.0)  # finite logits, but gradients x 2**16 overflow fp16
     out = stepper.step([(x, torch.zeros(8, dtype=torch.long))], 0)
-    assert bool(out.skipped)
+    assert bool(out.overflow) and not bool(out.nonfinite)  # the scaler skipped it; not a guard event
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert stepper.scaler.get_scale() == 2.0 ** 15  # backed off from 2**16
     opt.zero_grad()
     out = stepper.step([(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))], 1)
-    assert not bool(out.skipped) and not torch.equal(before[0], model[0].weight)
+    assert not bool(out.overflow) and not torch.equal(before[0], model[0].weight)
     assert stepper.state_dict()["scaler"]["scale"] == 2.0 ** 15
 
 
@@ -241,10 +241,19 @@ def test_saver_never_rotates_in_nonfinite_weights(tmp_path):
 
 def test_guard_warns_on_a_gradient_norm_spike():
     guard = NonFiniteGuard("stop", torch.device("cpu"), explosion_factor=10.0)
-    loss = torch.tensor(1.0)
-    for step in range(20):
-        guard.check(loss, torch.tensor(1.0 + 0.01 * step), step)
-    assert guard.poll().explosion is None
-    guard.check(loss, torch.tensor(50.0), 20)
-    report = guard.poll()
-    assert report.explosion and "50" in report.explosion and report.bad_steps == 0
+    assert guard.poll([(st, 0.0, 1.0 + 0.01 * st) for st in range(20)]).explosion is None
+    report = guard.poll([(20, 0.0, 50.0)])
+    assert report.explosion and "50" in report.explosion and "step 20" in report.explosion
+    assert report.bad_steps == 0
+
+
+def test_guard_counts_on_the_host_and_latches_in_stop_mode():
+    guard = NonFiniteGuard("stop", torch.device("cpu"))
+    flags = [guard.skip(guard.flag(torch.tensor(v), None), st) for st, v in enumerate([1.0, float("nan"), 2.0])]
+    assert flags == [False, True, True]  # after the first bad step nothing is applied
+    report = guard.poll([])
+    assert (report.bad_steps, report.first_bad_step, report.max_consecutive) == (1, 1, 1)
+    skip = NonFiniteGuard("skip", torch.device("cpu"))
+    flags = [skip.skip(skip.flag(torch.tensor(v), torch.tensor(n)), st)
+             for st, (v, n) in enumerate([(1.0, 1.0), (1.0, float("inf")), (1.0, 1.0)])]
+    assert flags == [False, True, False]  # a non-finite gradient with a finite loss counts too

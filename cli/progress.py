@@ -71,7 +71,7 @@ class RichProgress(_Throttle):
             self._draw(trainer)
 
     def on_eval_end(self, trainer, record) -> None:
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k.startswith(("val_", "train_")))
+        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if ("val_" in k or k.startswith("train_")))
         self.progress.console.print(f"epoch {_fmt(record['epoch'])}  {metrics}")
 
     def on_event(self, trainer, message) -> None:
@@ -103,7 +103,7 @@ class PlainProgress(_Throttle):
                                f"{self.rate(trainer) * trainer.c.recipe.data.batch_size:,.0f} samples/s")
 
     def on_eval_end(self, trainer, record) -> None:
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k.startswith(("val_", "train_")))
+        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if ("val_" in k or k.startswith("train_")))
         self.console.print(f"epoch {_fmt(record['epoch'])}  step {record['step']}  {metrics}")
 
     def on_event(self, trainer, message) -> None:

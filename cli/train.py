@@ -63,6 +63,9 @@ def _summary(console, result) -> None:
         last = result.history[-1]
         table.add_row("last", "  ".join(f"{k}={v:.4f}" for k, v in last.items()
                                         if k.startswith(("val_", "train_")) and v is not None))
+    for member in result.members:  # ensemble.seeds
+        value = f"{result.monitor} = {member.best['value']:.4f}" if member.best else "-"
+        table.add_row(f"  {member.run_dir.name}", f"{value}  ({escape(member.stop_reason)})")
     table.add_row("best checkpoint", escape(str(result.best_checkpoint or "-")))
     table.add_row("last checkpoint", escape(str(result.last_checkpoint or "-")))
     if result.diagnostic_checkpoint:

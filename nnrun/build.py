@@ -76,13 +76,18 @@ def monitor_of(recipe: Recipe, task: str) -> tuple[str, str]:
     return name, metric_info(name).mode
 
 
+def split_seed(recipe: Recipe) -> int:
+    """The seed that carves the validation split: `data.split_seed`, else `seed`."""
+    return recipe.data.split_seed if recipe.data.split_seed is not None else recipe.seed
+
+
 def build_data(recipe: Recipe, *, base_dir: Path | None, normalizer: dict | None = None,
                with_test: bool = False):
     """Load the splits and whiten them with training-split statistics (or stored ones)."""
     from nnrun.data import load_data
     from nnrun.data.normalize import fit_normalizer, normalize_split
 
-    bundle = load_data(recipe.data, seed=recipe.seed, base_dir=base_dir, with_test=with_test)
+    bundle = load_data(recipe.data, seed=split_seed(recipe), base_dir=base_dir, with_test=with_test)
     if normalizer is None:
         normalizer = fit_normalizer(bundle.train, recipe.data.normalize, recipe.data.tanh_scale)
     for split in ("train", "val", "test"):

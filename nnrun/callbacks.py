@@ -70,3 +70,43 @@ class Checkpointing(Callback):
     def best_path(self) -> Path | None:
         best = self.saver.best()
         return self.saver.folder / best["file"] if best else None
+
+
+class EnsembleMembers(Callback):
+    """Members of a one-run ensemble in `checkpoints/members/` (not in index.json, so the
+    top-k rotation never deletes them; `nnrun ensemble RUN_DIR` picks them up).
+
+    - `checkpoints`: the state after every `every`-th epoch's evaluation.
+    - `snapshots`: the state at the end of every learning-rate cycle (SGDR or cyclic), where the
+      rate is lowest: the "train one, get M for free" snapshot ensemble (Huang et al. 2017). Each
+      snapshot is evaluated on the validation split so it carries its own metrics.
+    """
+
+    def __init__(self, folder: Path, *, strategy: str, every: int = 1):
+        self.folder, self.strategy, self.every = Path(folder), strategy, every
+        self.cycle_ends: set[int] = set()
+        self.saved: list[Path] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.strategy == "snapshots":
+            self.cycle_ends = set(trainer.c.schedule.cycle_end_steps())
+
+    def _save(self, trainer: Trainer, name: str, metrics: dict) -> None:
+        from nnrun.checkpoint import save_atomic, weights_finite
+
+        payload = {**trainer.state_dict(), "metrics": metrics, "member": name}
+        if weights_finite(payload):
+            save_atomic(payload, self.folder / f"{name}.pt")
+            self.saved.append(self.folder / f"{name}.pt")
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        step = trainer.state.step
+        if step in self.cycle_ends:
+            cycle = sorted(self.cycle_ends).index(step) + 1
+            metrics = trainer.evaluate_now()  # eval mode inside, each module's mode restored after
+            self._save(trainer, f"snapshot-cycle{cycle:02d}-step{step:06d}", metrics)
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        if self.strategy == "checkpoints" and epoch == int(epoch) and int(epoch) % self.every == 0:
+            self._save(trainer, f"member-epoch{int(epoch):03d}", record)

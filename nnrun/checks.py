@@ -127,6 +127,15 @@ def schedule_section_problems(recipe: Recipe) -> list[Problem]:
                                                                                  ("loss", "acc", "mae", "rmse")):
         out.append((("schedule", "on_plateau"), "watches train.monitor, but there is no validation split: set "
                                                 "data.val_fraction > 0 or train.monitor: train_loss"))
+    e = recipe.ensemble
+    if e.strategy == "snapshots" and s.name not in ("sgdr", "cyclic"):
+        out.append((("ensemble", "strategy"), f"snapshots are taken at the end of learning-rate cycles, and "
+                                              f"schedule `{s.name}` has none: use schedule.name sgdr or cyclic"))
+    if e.strategy == "swa" and e.swa_start is not None and e.swa_start >= recipe.train.epochs:
+        out.append((("ensemble", "swa_start"), f"epoch {e.swa_start:g} is not before the end of the run "
+                                               f"(train.epochs {recipe.train.epochs:g})"))
+    if e.swa_lr is not None and e.strategy != "swa":
+        out.append((("ensemble", "swa_lr"), "only used with ensemble.strategy: swa"))
     if recipe.model.unfreeze and not recipe.model.freeze:
         out.append((("model", "unfreeze"), "nothing is frozen: set model.freeze first"))
     return out

@@ -59,6 +59,8 @@ class DataConfig:
     tanh_scale: Optional[float] = opt(None, "Squash unbounded inputs as tanh(x / C) after normalizing.",
                                       min=0.0, min_exclusive=True)
     limit: Optional[int] = opt(None, "Use only the first N training examples (quick experiments).", min=1)
+    split_seed: Optional[int] = opt(None, "Seed of the validation carve (default: `seed`); fixed across the "
+                                          "members of `ensemble.seeds`.", min=0)
     task: str = opt("auto", "classification or regression; auto: classification when labels are integers.",
                     choices=("auto", "classification", "regression"))
     label_column: str = opt("label", "csv: the column holding the target.")
@@ -249,7 +251,20 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    strategy: str = opt("none", "Ensemble strategy at training time.", choices=("none",))
+    strategy: str = opt("none", "Members or averaged weights from one run: checkpoints (every N epochs), "
+                                "snapshots (each LR cycle's end), ema (Polyak average), swa.",
+                        choices=("none", "checkpoints", "snapshots", "ema", "swa"))
+    every: int = opt(1, "checkpoints: keep a member every N epochs (checkpoints/members/).", min=1)
+    decay: float = opt(0.999, "ema: w_ema <- decay*w_ema + (1-decay)*w after every optimizer step.", min=0.0,
+                       max=1.0, min_exclusive=True)
+    ema_warmup: bool = opt(True, "ema: ramp the decay as min(decay, (1+n)/(10+n)) so early averages are "
+                                 "not dominated by the random init.")
+    swa_start: Optional[float] = opt(None, "swa: epoch from which weights are averaged (default: 75% of "
+                                           "train.epochs, as in the SWA paper).", min=0.0)
+    swa_lr: Optional[float] = opt(None, "swa: constant learning rate from swa_start on (default: keep the "
+                                        "schedule).", min=0.0, min_exclusive=True)
+    seeds: int = opt(1, "Train N runs that differ only in the seed (init, data order, dropout) into one "
+                        "ensemble folder (seed-0/, seed-1/, ...); they share the validation split.", min=1)
 
 
 @dataclass(frozen=True)

@@ -283,11 +283,18 @@ def _data_diffs(a: Member, b: Member, keys: Sequence[str], data_path: str | None
     for k in keys:
         if k == "path" and data_path is not None:
             continue
-        va = ra.get("seed") if k == "seed" else ra.get("data", {}).get(k)
-        vb = rb.get("seed") if k == "seed" else rb.get("data", {}).get(k)
+        va, vb = (_split_seed(ra), _split_seed(rb)) if k == "seed" else (ra.get("data", {}).get(k),
+                                                                          rb.get("data", {}).get(k))
         if va != vb:
-            diffs.append(f"{'seed' if k == 'seed' else 'data.' + k} differs ({va!r} vs {vb!r})")
+            diffs.append(f"{'seed (of the validation split)' if k == 'seed' else 'data.' + k} differs "
+                         f"({va!r} vs {vb!r})")
     return diffs
+
+
+def _split_seed(recipe: dict):
+    """The seed that carved the validation split (nnrun.build.split_seed on the stored dict)."""
+    split = recipe.get("data", {}).get("split_seed")
+    return recipe.get("seed") if split is None else split
 
 
 def _norm(value):

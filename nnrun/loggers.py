@@ -56,8 +56,13 @@ class TensorBoard(Callback):
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
         for key, value in record.items():
-            if key.startswith("val_") and value is not None:
+            if value is None:
+                continue
+            if key.startswith("val_"):
                 self.writer.add_scalar("val/" + key[4:], value, trainer.state.step)
+            elif key.startswith(("ema_val_", "swa_val_")):  # the averaged weights beside the raw ones
+                kind, _, metric = key.split("_", 2)
+                self.writer.add_scalar(f"{kind}/val/{metric}", value, trainer.state.step)
         if record.get("train_loss") is not None:
             self.writer.add_scalar("train/epoch_loss", record["train_loss"], trainer.state.step)
         self.writer.flush()

@@ -222,6 +222,18 @@ class Schedule:
             return one_cycle(self.cfg, max(step - w, 0), max(self.total_steps - w, 1), self.cfg.max_lr or self.lr)[1]
         return None
 
+    def cycle_end_steps(self) -> list[int]:
+        """Optimizer steps (counts) at which an SGDR or cyclic cycle ends: snapshot-ensemble members."""
+        w, main = self.warmup_steps, self.total_steps - self.warmup_steps
+        if self.cfg.name == "sgdr":
+            ends = sgdr_boundaries(self.cfg.cycle_len, self.cfg.cycle_mult, main / self.per_unit)
+        elif self.cfg.name == "cyclic":
+            period = 2 * self.cfg.step_size
+            ends = [period * k for k in range(1, int(main / self.per_unit / period + 1e-9) + 1)]
+        else:
+            return []
+        return [w + int(round(e * self.per_unit)) for e in ends if round(e * self.per_unit) <= main]
+
     def observe(self, value: float | None) -> bool:
         """Feed the monitored metric after an evaluation; True when the plateau modifier cut the rate."""
         return self.plateau.observe(value) if self.plateau else False

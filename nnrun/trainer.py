@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from nnrun import __version__
+from nnrun.averaging import WeightAverage
 from nnrun.checkpoint import FORMAT, FORMAT_VERSION, capture_rng, restore_rng
 from nnrun.freeze import apply_freeze, set_train_mode
 from nnrun.metrics import evaluate
@@ -109,6 +110,11 @@ class Trainer:
         self.step_series: list[tuple[int, dict[str, float]]] = []
         self._last_poll_step = 0
         self._log_norm: torch.Tensor | None = None
+        ens = recipe.ensemble
+        self.averager = WeightAverage(self.model, ens.strategy, decay=ens.decay, warmup=ens.ema_warmup) \
+            if ens.strategy in ("ema", "swa") else None
+        self.swa_start = (ens.swa_start if ens.swa_start is not None else 0.75 * recipe.train.epochs) \
+            if ens.strategy == "swa" else None
         self._rewound = False
         self.last_loss: torch.Tensor | None = None
         self._stop_requested: str | None = None
@@ -156,6 +162,8 @@ class Trainer:
                 continue
             if s.batch >= self.micro_per_epoch:
                 s.epoch, s.batch = s.epoch + 1, 0
+                if self.swa_start is not None and s.epoch > self.swa_start:
+                    self.averager.update(self.model)  # SWA: one sample per epoch from swa_start on
                 self._end_epoch()
             elif s.step >= self.settings.total_steps:  # a fractional last epoch
                 self._evaluate()
@@ -197,6 +205,8 @@ class Trainer:
                 self._record(out)
             if log_now:
                 self._log_norm = out.norm_before
+            if self.averager is not None and self.averager.kind == "ema":
+                self.averager.update(self.model)
             s.step, s.batch, pending = s.step + 1, s.batch + len(pending), []
             self.last_loss = out.loss
             s.epoch_loss_sum.add_(out.loss, alpha=out.examples)
@@ -236,6 +246,9 @@ class Trainer:
     def _apply_schedule(self, step: int) -> None:
         """Every group's rate is its base rate times the schedule's factor (ratios are kept)."""
         factor = self.c.schedule.factor(step) * self.state.lr_scale
+        swa_lr = self.c.recipe.ensemble.swa_lr
+        if swa_lr and self.swa_start is not None and self.state.epoch >= self.swa_start:
+            factor = swa_lr / self.c.recipe.optimizer.lr * self.state.lr_scale
         momentum = self.c.schedule.momentum_at(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
@@ -350,9 +363,8 @@ class Trainer:
         train_loss = float(s.epoch_loss_sum / max(s.epoch_examples, 1)) if s.epoch_examples else None
         record: dict[str, Any] = {"epoch": s.epoch if s.batch == 0 else s.epoch + s.batch / self.steps_per_epoch,
                                   "step": s.step, "train_loss": train_loss}
-        if self.c.val_batches is not None:
-            record.update(evaluate(self.model, self.c.val_batches.epoch(0), self.loss_fn, task=self.c.data.task,
-                                   device=self.c.device, prefix="val_"))
+        record.update(self.evaluate_now())
+        record.update(self._evaluate_average())
         record.update(self.current_lrs())
         s.epoch_loss_sum, s.epoch_examples = None, 0
         s.history.append(record)
@@ -363,6 +375,23 @@ class Trainer:
             cb.on_eval_end(self, record)
         if self.rollback:
             self._snapshot()
+
+    def evaluate_now(self, model: torch.nn.Module | None = None, prefix: str = "val_") -> dict:
+        """Validation metrics of the model (or another, e.g. the averaged one) right now."""
+        if self.c.val_batches is None:
+            return {}
+        return evaluate(model or self.model, self.c.val_batches.epoch(0), self.loss_fn, task=self.c.data.task,
+                        device=self.c.device, prefix=prefix)
+
+    def _evaluate_average(self) -> dict:
+        """EMA/SWA weights evaluated beside the raw ones (`ema_val_acc`, `swa_val_loss`, ...); SWA's
+        BatchNorm statistics are recomputed on the training data first."""
+        avg = self.averager
+        if avg is None or avg.updates == 0:
+            return {}
+        if avg.kind == "swa":
+            avg.recompute_bn(self.c.train_batches.epoch(self.state.epoch), self.c.device)
+        return self.evaluate_now(avg.model, prefix=f"{avg.kind}_val_")
 
     def _update_best(self, record: dict) -> None:
         s, name = self.state, self.settings.monitor
@@ -387,7 +416,8 @@ class Trainer:
             "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.c.schedule.state_dict(), "stepper": self.stepper.state_dict(),
-            "scaler": self.stepper.state_dict()["scaler"], "ema": None,
+            "scaler": self.stepper.state_dict()["scaler"],
+            "ema": self.averager.state_dict() if self.averager else None,
             "lr_scale": s.lr_scale, "rollbacks": s.rollbacks,
             "rng": capture_rng(),
             "epoch": s.epoch, "batch": s.batch, "step": s.step,
@@ -406,6 +436,8 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.c.schedule.load_state_dict(payload["schedule"])
         self.stepper.load_state_dict(payload.get("stepper"))
+        if self.averager is not None and payload.get("ema"):
+            self.averager.load_state_dict(payload["ema"])
         s = self.state
         s.lr_scale, s.rollbacks = payload.get("lr_scale", 1.0), payload.get("rollbacks", 0)
         s.epoch, s.batch, s.step = payload["epoch"], payload["batch"], payload["step"]

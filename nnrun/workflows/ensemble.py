@@ -117,15 +117,17 @@ class SplitCache:
         """The raw (unwhitened) DataBundle of the member's data config."""
         import dataclasses
 
+        from nnrun.build import split_seed
         from nnrun.data import load_data
 
         recipe = member.recipe()
         cfg = recipe.data
         if self.data_path is not None:
             cfg = dataclasses.replace(cfg, path=str(Path(self.data_path).resolve()))
-        key = (json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str), recipe.seed, with_test)
+        seed = split_seed(recipe)
+        key = (json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str), seed, with_test)
         if key not in self._raw:
-            self._raw[key] = load_data(cfg, seed=recipe.seed, base_dir=None, with_test=with_test)
+            self._raw[key] = load_data(cfg, seed=seed, base_dir=None, with_test=with_test)
         return self._raw[key]
 
     def get(self, member: Member, split: str | None = None):

@@ -15,7 +15,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ from nnrun.config import Recipe
 from nnrun.errors import OutputError
 from nnrun.lr_find import RULES, Curve, RangeTestSettings, Suggestions, range_test, suggest
 from nnrun.threads import recipe_threads
+from nnrun.workflows.folders import fresh_dir
 
 PLOT_MISSING = ("matplotlib is not installed, so no plot was written (the CSV, TensorBoard scalars "
                 "and suggestions are complete); install it with: pip install 'nnrun[plot]'")
@@ -45,11 +45,7 @@ class LrFindResult:
 
 def new_out_dir(recipe: Recipe) -> Path:
     """`<log.run_dir>/<name>/lr-find-<timestamp>/`, never reusing an existing folder."""
-    base = Path(recipe.log.run_dir) / recipe.name / f"lr-find-{datetime.now():%Y%m%d-%H%M%S}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    return fresh_dir(recipe.log.run_dir, recipe.name, "lr-find")
 
 
 def with_lr(recipe: Recipe, suggestions: Suggestions) -> Recipe:

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ from nnrun.config import Recipe
 from nnrun.diagnostics import FAIL, PASS, Row
 from nnrun.errors import OutputError
 from nnrun.threads import recipe_threads
+from nnrun.workflows.folders import fresh_dir
 
 LOSS_MARGIN = 0.05
 """Classification: memorized when the loss is below floor + 0.05 (floor 0 without label smoothing)."""
@@ -167,11 +167,7 @@ def run(recipe: Recipe, *, steps: int = DEFAULT_STEPS, batch_size: int | None = 
 
 def new_out_dir(recipe: Recipe) -> Path:
     """`<log.run_dir>/<name>/overfit-<timestamp>/`, never reusing an existing folder."""
-    base = Path(recipe.log.run_dir) / recipe.name / f"overfit-{datetime.now():%Y%m%d-%H%M%S}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    return fresh_dir(recipe.log.run_dir, recipe.name, "overfit")
 
 
 # -- criteria ------------------------------------------------------------------------------------

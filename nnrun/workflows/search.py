@@ -27,6 +27,7 @@ from nnrun.search import study as S
 from nnrun.search.edges import edge_warnings
 from nnrun.search.space import SearchSpec, decode_choice
 from nnrun.search.worker import WorkerPlan, run_worker
+from nnrun.workflows.folders import fresh_dir
 
 Event = Callable[[str], None]
 
@@ -73,11 +74,8 @@ class SearchResult:
 
 
 def default_out(recipe: Recipe) -> Path:
-    base = Path(recipe.log.run_dir) / recipe.name / datetime.now().strftime("search-%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    """`<log.run_dir>/<name>/search-<timestamp>/`, never reusing an existing folder."""
+    return fresh_dir(recipe.log.run_dir, recipe.name, "search")
 
 
 def latest_search(recipe_name: str, run_dir: str = "runs") -> Path:

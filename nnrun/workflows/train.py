@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,6 +20,7 @@ from nnrun.config import Recipe
 from nnrun.errors import OutputError
 from nnrun.trainer import Callback, LoopSettings, Trainer
 from nnrun.threads import recipe_threads
+from nnrun.workflows.folders import fresh_dir
 
 INTERRUPTED = "interrupted"
 
@@ -40,6 +40,7 @@ class TrainResult:
     seconds: float
     signal: str | None = None
     events: list[str] = field(default_factory=list)   # warnings: gradient spikes, skips, rollbacks
+    members: list["TrainResult"] = field(default_factory=list)  # ensemble.seeds: one result per seed
     diagnostic_checkpoint: Path | None = None          # written when the non-finite guard stopped the run
 
     @property
@@ -49,11 +50,7 @@ class TrainResult:
 
 def new_run_dir(recipe: Recipe) -> Path:
     """`<log.run_dir>/<name>/<timestamp>/`, never reusing an existing folder."""
-    base = Path(recipe.log.run_dir) / recipe.name / datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    return fresh_dir(recipe.log.run_dir, recipe.name)
 
 
 def prepare_run_dir(path: Path, recipe: Recipe) -> Path:
@@ -110,10 +107,13 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
 
     from nnrun import checkpoint
     from nnrun.build import build, monitor_of, resolve_device
-    from nnrun.callbacks import Checkpointing, MetricsFile
+    from nnrun.callbacks import Checkpointing, EnsembleMembers, MetricsFile
     from nnrun.distributed import is_main_process
     from nnrun.loggers import TensorBoard
 
+    if recipe.ensemble.seeds > 1 and resume is None:
+        return _run_seeds(recipe, run_dir=run_dir, device=device, callbacks=callbacks, base_dir=base_dir,
+                          handle_signals=handle_signals, notes=notes)
     payload = checkpoint.load(resume) if resume is not None else None
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent
@@ -133,6 +133,9 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         prepare_run_dir(run_dir, recipe)
         saver = Checkpointing(run_dir / "checkpoints", monitor=monitor, mode=mode, top_k=recipe.train.save_top_k)
         writers = [MetricsFile(run_dir / "metrics.jsonl"), saver]
+        if recipe.ensemble.strategy in ("checkpoints", "snapshots"):
+            writers.append(EnsembleMembers(run_dir / "checkpoints" / "members", strategy=recipe.ensemble.strategy,
+                                           every=recipe.ensemble.every))
         if recipe.log.tensorboard:
             writers.insert(0, TensorBoard(run_dir / "tb", histograms_every=recipe.log.histograms_every))
     trainer = Trainer(c, settings, [*callbacks, *writers])
@@ -147,6 +150,44 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
                        stop_reason=state.stop_reason or "finished", steps=state.step,
                        seconds=time.perf_counter() - start, signal=caught.get("signal"),
                        events=list(state.events), diagnostic_checkpoint=saver.diagnostic_path if saver else None)
+
+
+def seed_member(recipe: Recipe, index: int) -> Recipe:
+    """Member `index` of a seed ensemble: its own seed (init, data order, dropout), the shared
+    validation split (split_seed fixed to the recipe's), and no further seeds."""
+    import dataclasses
+
+    from nnrun.build import split_seed
+
+    return dataclasses.replace(recipe, seed=recipe.seed + index,
+                               data=dataclasses.replace(recipe.data, split_seed=split_seed(recipe)),
+                               ensemble=dataclasses.replace(recipe.ensemble, seeds=1))
+
+
+def _run_seeds(recipe: Recipe, *, run_dir, **kwargs) -> TrainResult:
+    """`ensemble.seeds: N`: N runs into `<run_dir>/seed-<i>/`, one ensemble folder."""
+    root = Path(run_dir) if run_dir is not None else new_run_dir(recipe)
+    members: list[TrainResult] = []
+    for i in range(recipe.ensemble.seeds):
+        result = run(seed_member(recipe, i), run_dir=root / f"seed-{i}", **kwargs)
+        members.append(result)
+        if result.interrupted or result.stop_reason.startswith("non-finite"):
+            break
+    ranked = [m for m in members if m.best]
+    best = None
+    if ranked:
+        from nnrun.metrics import metric_info
+
+        pick = max if metric_info(members[0].monitor).mode == "max" else min
+        best = pick(ranked, key=lambda m: m.best["value"])
+    last = members[-1]
+    return TrainResult(run_dir=root, monitor=last.monitor, best=best.best if best else None,
+                       best_checkpoint=best.best_checkpoint if best else None,
+                       last_checkpoint=last.last_checkpoint, history=last.history,
+                       stop_reason=(f"finished {len(members)} seed runs" if last.stop_reason == "finished"
+                                    and len(members) == recipe.ensemble.seeds else last.stop_reason),
+                       steps=sum(m.steps for m in members), seconds=sum(m.seconds for m in members),
+                       signal=last.signal, events=[e for m in members for e in m.events], members=members)
 
 
 def _load_for_resume(trainer: Trainer, payload: dict) -> None:

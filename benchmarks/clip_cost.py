@@ -11,6 +11,7 @@ Target: agc and autoclip within 10% of `none`.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -47,8 +48,8 @@ def time_steps(stepper, opt, batches) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))
@@ -56,17 +57,22 @@ def main() -> int:
     steppers = {p: make(p) for p in POLICIES}
     for stepper, opt in steppers.values():  # warm up allocators and kernels
         time_steps(stepper, opt, batches[:20])
-    best = {p: float("inf") for p in POLICIES}
+    times = {p: [] for p in POLICIES}
     for _ in range(args.rounds):
         for p, (stepper, opt) in steppers.items():
-            best[p] = min(best[p], time_steps(stepper, opt, batches))
+            times[p].append(time_steps(stepper, opt, batches))
     print(f"MNIST-sized MLP 784-256-128-10, batch 128, {args.steps} steps x {args.rounds} rounds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # The VM's speed drifts; each policy is compared with `none` of the same round (seconds apart)
+    # and the median of those ratios is reported beside the best-of-rounds ratio.
+    ratio = {}
     for p in POLICIES:
-        ms = best[p] / args.steps * 1e3
-        print(f"{p:15s} {ms:7.3f} ms/step   {best[p] / best['none']:.3f}x none")
-    worst = max(best["agc"], best["autoclip"]) / best["none"]
-    print(f"agc/autoclip worst ratio: {worst:.3f}x (target <= 1.10x)")
+        ratio[p] = statistics.median(t / n for t, n in zip(times[p], times["none"]))
+        ms = min(times[p]) / args.steps * 1e3
+        print(f"{p:15s} best {ms:7.3f} ms/step   paired median {ratio[p]:.3f}x none   "
+              f"best-of {min(times[p]) / min(times['none']):.3f}x none")
+    worst = max(ratio["agc"], ratio["autoclip"])
+    print(f"agc/autoclip worst paired ratio: {worst:.3f}x (target <= 1.10x)")
     return 0
 
 

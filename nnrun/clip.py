@@ -17,7 +17,9 @@ gradient into NaNs); the loop's non-finite guard skips that update instead.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +75,7 @@ class Clipper:
         excluded = cfg.agc_exclude
         self.agc_params = [p for n, p in named_params if not any(fnmatch.fnmatchcase(n, e) for e in excluded)]
         self.history = torch.zeros(cfg.window, device=device)
+        self._sorted: list[float] | None = None
         self.count = torch.zeros((), dtype=torch.long, device=device)
 
     def grads(self, params=None) -> list[torch.Tensor]:
@@ -88,37 +91,55 @@ class Clipper:
             return None
         grads = self.grads()
         before = total_norm(grads, self.cfg.norm_type)
-        if policy == "global_norm":
-            _scale(grads, before, self.cfg.max_norm)
-        elif policy == "per_param_norm":
+        if policy in ("global_norm", "autoclip"):
+            # One global scale: the norm after it is min(before, bound), no second pass needed.
+            bound = self.cfg.max_norm if policy == "global_norm" else self._autoclip_threshold(before)
+            _scale(grads, before, bound)
+            after = torch.clamp(before, max=float(bound)) if not torch.is_tensor(bound) else torch.minimum(before, bound)
+            return ClipResult(before, after, before > bound)
+        if policy == "per_param_norm":
             self._per_param()
         elif policy == "value":
             torch._foreach_clamp_min_(grads, -self.cfg.value)
             torch._foreach_clamp_max_(grads, self.cfg.value)
         elif policy == "agc":
             self._agc()
-        elif policy == "autoclip":
-            _scale(grads, before, self._autoclip_threshold(before))
         after = total_norm(grads, self.cfg.norm_type) if policy != "none" else before
         return ClipResult(before, after, after < before * (1 - 1e-6))
 
     def _per_param(self) -> None:
+        """Each tensor to its own bound, with foreach kernels (a handful of ops for all tensors)."""
         pairs = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
-        norms = torch._foreach_norm([g for _, g in pairs], self.cfg.norm_type)
-        for (name, g), norm in zip(pairs, norms):
-            _scale([g], norm, self.thresholds.get(name, self.cfg.max_norm))
+        grads = [g for _, g in pairs]
+        norms = torch._foreach_add(torch._foreach_norm(grads, self.cfg.norm_type), 1e-6)
+        coefs = torch._foreach_mul(torch._foreach_reciprocal(norms),
+                                   [self.thresholds.get(n, self.cfg.max_norm) for n, _ in pairs])
+        torch._foreach_clamp_max_(coefs, 1.0)
+        torch._foreach_mul_(grads, coefs)
 
     def _agc(self) -> None:
-        # G_i <- G_i * min(1, clipping * max(||W_i||, eps) / ||G_i||): the same as the paper's
-        # "if ratio > clipping, rescale", written as one in-place multiply per tensor.
-        for p in self.agc_params:
-            if p.grad is None:
-                continue
-            max_norm = unitwise_norm(p.detach()).clamp_(min=self.cfg.eps).mul_(self.cfg.clipping)
-            p.grad.mul_(max_norm.div_(unitwise_norm(p.grad).clamp_(min=1e-6)).clamp_(max=1.0))
+        # G_i <- G_i * min(1, clipping * max(||W_i||, eps) / max(||G_i||, 1e-6)): the paper's "if the
+        # ratio exceeds `clipping`, rescale", as one multiply; the per-unit norms are the only
+        # per-tensor ops, the rest runs as foreach kernels over all tensors at once.
+        params = [p for p in self.agc_params if p.grad is not None]
+        if not params:
+            return
+        bounds = [unitwise_norm(p.detach()) for p in params]
+        norms = [unitwise_norm(p.grad) for p in params]
+        torch._foreach_clamp_min_(bounds, self.cfg.eps)
+        torch._foreach_mul_(bounds, self.cfg.clipping)
+        torch._foreach_clamp_min_(norms, 1e-6)
+        torch._foreach_div_(bounds, norms)
+        torch._foreach_clamp_max_(bounds, 1.0)
+        torch._foreach_mul_([p.grad for p in params], bounds)
 
     def _autoclip_threshold(self, norm: torch.Tensor) -> torch.Tensor:
-        """Record the norm (if finite) and return the p-th percentile of the history, current included."""
+        """Record the norm (if finite) and return the p-th percentile of the history, current included.
+
+        On the CPU a scalar read is cheap, so the percentile is taken with NumPy on the host; on
+        an accelerator it is computed on the device (no sync)."""
+        if norm.device.type == "cpu":
+            return self._autoclip_host(norm)
         window = self.history.numel()
         finite = torch.isfinite(norm)
         slot = self.count % window
@@ -136,6 +157,27 @@ class Clipper:
         value = ordered[lo] * (1 - frac) + ordered[hi] * frac
         return torch.where(n > 0, value, norm)
 
+    def _autoclip_host(self, norm: torch.Tensor) -> float | torch.Tensor:
+        """Host version: a sorted copy of the window kept with bisect, so each step costs
+        microseconds; interpolates like numpy.percentile (linear)."""
+        value, window = norm.item(), self.history.numel()
+        if self._sorted is None:  # first call, or after load_state_dict
+            n = min(int(self.count), window)
+            self._sorted = sorted(self.history[:n].tolist())
+        if math.isfinite(value):
+            slot = int(self.count) % window
+            if int(self.count) >= window:
+                del self._sorted[bisect.bisect_left(self._sorted, float(self.history[slot]))]
+            self.history[slot] = value
+            bisect.insort(self._sorted, value)
+            self.count += 1
+        if not self._sorted:
+            return norm
+        pos = (len(self._sorted) - 1) * self.cfg.percentile / 100.0
+        lo = int(pos)
+        hi = min(lo + 1, len(self._sorted) - 1)
+        return self._sorted[lo] + (self._sorted[hi] - self._sorted[lo]) * (pos - lo)
+
     def state_dict(self) -> dict:
         return {"history": self.history.detach().cpu(), "count": self.count.detach().cpu()}
 
@@ -143,6 +185,7 @@ class Clipper:
         if state and state["history"].numel() == self.history.numel():
             self.history.copy_(state["history"])
             self.count.copy_(state["count"])
+            self._sorted = None
 
 
 def layer_grad_norms(named_params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:

@@ -188,6 +188,14 @@ class Schedule:
         if plateau_cfg is not None:
             self.plateau = Plateau(plateau_cfg, self.monitor_mode, self.lr)
 
+    @property
+    def is_constant(self) -> bool:
+        """The rate changes only through the plateau scale and the momentum never: the loop then
+        rewrites the groups only when the scale moves."""
+        c = self.cfg
+        return (c.name in ("constant", "plateau") and self.warmup_steps == 0 and self.decay_steps == 0
+                and self.momentum is None)
+
     def _rate(self, step: int) -> float:
         """The base group's rate before the final decay and the plateau scale."""
         w = self.warmup_steps

@@ -110,6 +110,7 @@ class Trainer:
         self.step_series: list[tuple[int, dict[str, float]]] = []
         self._last_poll_step = 0
         self._log_norm: torch.Tensor | None = None
+        self._applied: tuple | None = None
         ens = recipe.ensemble
         self.averager = WeightAverage(self.model, ens.strategy, decay=ens.decay, warmup=ens.ema_warmup) \
             if ens.strategy in ("ema", "swa") else None
@@ -245,7 +246,13 @@ class Trainer:
 
     def _apply_schedule(self, step: int) -> None:
         """Every group's rate is its base rate times the schedule's factor (ratios are kept)."""
-        factor = self.c.schedule.factor(step) * self.state.lr_scale
+        sched = self.c.schedule
+        if sched.is_constant and self.swa_start is None:
+            key = (sched.plateau.scale if sched.plateau else 1.0, self.state.lr_scale)
+            if key == self._applied:
+                return  # nothing moved since the last step: skip the per-step Python work
+            self._applied = key
+        factor = sched.factor(step) * self.state.lr_scale
         swa_lr = self.c.recipe.ensemble.swa_lr
         if swa_lr and self.swa_start is not None and self.state.epoch >= self.swa_start:
             factor = swa_lr / self.c.recipe.optimizer.lr * self.state.lr_scale
@@ -440,6 +447,7 @@ class Trainer:
             self.averager.load_state_dict(payload["ema"])
         s = self.state
         s.lr_scale, s.rollbacks = payload.get("lr_scale", 1.0), payload.get("rollbacks", 0)
+        self._applied = None  # the optimizer's groups came from the file: write the rates again
         s.epoch, s.batch, s.step = payload["epoch"], payload["batch"], payload["step"]
         s.history, s.best, s.bad_evals = list(payload["history"]), payload["best"], payload["bad_evals"]
         loss_sum = payload["epoch_loss_sum"]

@@ -8,6 +8,7 @@ inside the epoch and every RNG state, so `--resume` continues bit-identically.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
 import time
@@ -114,6 +115,9 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
     if recipe.ensemble.seeds > 1 and resume is None:
         return _run_seeds(recipe, run_dir=run_dir, device=device, callbacks=callbacks, base_dir=base_dir,
                           handle_signals=handle_signals, notes=notes)
+    if recipe.log.tensorboard and is_main_process():
+        # Importing TensorBoard takes ~0.1 s: do it while the data loads, not when training starts.
+        threading.Thread(target=importlib.import_module, args=("torch.utils.tensorboard",), daemon=True).start()
     payload = checkpoint.load(resume) if resume is not None else None
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent

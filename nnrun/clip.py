@@ -103,7 +103,10 @@ class Clipper:
             torch._foreach_clamp_min_(grads, -self.cfg.value)
             torch._foreach_clamp_max_(grads, self.cfg.value)
         elif policy == "agc":
-            self._agc()
+            shrink = self._agc()
+            if shrink is not None:  # ||G'||^2 = ||G||^2 - sum_i n_i^2 (1 - c_i^2): no second pass
+                after = torch.sqrt(torch.clamp(before * before - shrink, min=0.0))
+                return ClipResult(before, after, shrink > 0)
         after = total_norm(grads, self.cfg.norm_type) if policy != "none" else before
         return ClipResult(before, after, after < before * (1 - 1e-6))
 
@@ -117,21 +120,28 @@ class Clipper:
         torch._foreach_clamp_max_(coefs, 1.0)
         torch._foreach_mul_(grads, coefs)
 
-    def _agc(self) -> None:
+    def _agc(self) -> torch.Tensor | None:
         # G_i <- G_i * min(1, clipping * max(||W_i||, eps) / max(||G_i||, 1e-6)): the paper's "if the
         # ratio exceeds `clipping`, rescale", as one multiply; the per-unit norms are the only
-        # per-tensor ops, the rest runs as foreach kernels over all tensors at once.
+        # per-tensor ops, the rest runs as foreach kernels over all tensors at once. Returns how much
+        # the squared 2-norm shrank (sum of n_i^2 (1 - c_i^2)), so the caller needs no second pass.
         params = [p for p in self.agc_params if p.grad is not None]
         if not params:
-            return
-        bounds = [unitwise_norm(p.detach()) for p in params]
+            return None
+        coefs = [unitwise_norm(p.detach()) for p in params]
         norms = [unitwise_norm(p.grad) for p in params]
-        torch._foreach_clamp_min_(bounds, self.cfg.eps)
-        torch._foreach_mul_(bounds, self.cfg.clipping)
+        torch._foreach_clamp_min_(coefs, self.cfg.eps)
+        torch._foreach_mul_(coefs, self.cfg.clipping)
         torch._foreach_clamp_min_(norms, 1e-6)
-        torch._foreach_div_(bounds, norms)
-        torch._foreach_clamp_max_(bounds, 1.0)
-        torch._foreach_mul_([p.grad for p in params], bounds)
+        torch._foreach_div_(coefs, norms)
+        torch._foreach_clamp_max_(coefs, 1.0)
+        torch._foreach_mul_([p.grad for p in params], coefs)
+        if self.cfg.norm_type != 2.0:
+            return None
+        lost = torch._foreach_mul(coefs, coefs)        # c^2
+        torch._foreach_sub_(lost, 1.0)                  # c^2 - 1 (<= 0)
+        torch._foreach_mul_(lost, torch._foreach_mul(norms, norms))
+        return -torch.stack([t.sum() for t in lost]).sum()
 
     def _autoclip_threshold(self, norm: torch.Tensor) -> torch.Tensor:
         """Record the norm (if finite) and return the p-th percentile of the history, current included.

@@ -61,9 +61,11 @@ def test_agc_is_unit_wise_and_skips_the_head():
     # row 0: ||W|| = 5, bound 0.1*5 = 0.5 < ||G|| = 1 -> scaled to 0.5; row 1: ||W|| = 0 -> eps 1e-3 floor
     named = params_with_grads(("body.w", [[3.0, 4.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]),
                               ("head.weight", [[1.0, 0.0]], [[50.0, 0.0]]))
-    Clipper(ClipConfig(policy="agc", clipping=0.1, eps=1e-3), named)()
+    res = Clipper(ClipConfig(policy="agc", clipping=0.1, eps=1e-3), named)()
     assert torch.allclose(named[0][1].grad, torch.tensor([[0.5, 0.0], [0.0, 1e-4]]), atol=1e-7)
     assert named[1][1].grad.tolist() == [[50.0, 0.0]]
+    direct = torch.cat([p.grad.flatten() for _, p in named]).norm()
+    assert float(res.after) == pytest.approx(float(direct), rel=1e-5) and bool(res.clipped)
 
 
 def test_autoclip_uses_the_percentile_of_the_history_including_now():

@@ -12,6 +12,11 @@ import time
 from nnrun.trainer import Callback
 
 
+def _metrics(record: dict) -> str:
+    """`train_loss 0.1  val_loss 0.2  val_acc 0.97  ema_val_acc 0.98` of an evaluation record."""
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if "val_" in k or k.startswith("train_"))
+
+
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
@@ -71,8 +76,7 @@ class RichProgress(_Throttle):
             self._draw(trainer)
 
     def on_eval_end(self, trainer, record) -> None:
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if ("val_" in k or k.startswith("train_")))
-        self.progress.console.print(f"epoch {_fmt(record['epoch'])}  {metrics}")
+        self.progress.console.print(f"epoch {_fmt(record['epoch'])}  {_metrics(record)}")
 
     def on_event(self, trainer, message) -> None:
         from rich.markup import escape
@@ -103,8 +107,7 @@ class PlainProgress(_Throttle):
                                f"{self.rate(trainer) * trainer.c.recipe.data.batch_size:,.0f} samples/s")
 
     def on_eval_end(self, trainer, record) -> None:
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if ("val_" in k or k.startswith("train_")))
-        self.console.print(f"epoch {_fmt(record['epoch'])}  step {record['step']}  {metrics}")
+        self.console.print(f"epoch {_fmt(record['epoch'])}  step {record['step']}  {_metrics(record)}")
 
     def on_event(self, trainer, message) -> None:
         from rich.markup import escape

@@ -48,11 +48,14 @@ class Checkpointing(Callback):
         self._saved_step = -1
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        from nnrun.checkpoint import weights_finite
+
         payload = trainer.state_dict()
+        finite = weights_finite(payload)  # once for both files
         epoch = math.ceil(record["epoch"])  # a fractional last epoch counts as the epoch it ends in
         self.saver.save_ranked(payload, epoch=epoch, step=trainer.state.step,
-                               value=record.get(self.saver.monitor))
-        self.last_path = self.saver.save_last(payload)
+                               value=record.get(self.saver.monitor), finite=finite)
+        self.last_path = self.saver.save_last(payload, finite=finite)
         self._saved_step = trainer.state.step
 
     def on_fit_end(self, trainer: Trainer, reason: str) -> None:

@@ -119,11 +119,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def weights_finite(payload: dict) -> bool:
-    """True when every floating tensor of the model (and its EMA, if any) is finite."""
+    """True when every floating tensor of the model (and its EMA, if any) is finite (one host read)."""
     tensors = list(payload.get("model", {}).values())
     if payload.get("ema"):
         tensors += list(payload["ema"]["state_dict"].values())
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def checkpoint_name(epoch: int, monitor: str, value: float | None) -> str:
@@ -156,16 +157,22 @@ class CheckpointSaver:
         """The index entry of the best kept checkpoint."""
         return self.kept[0] if self.kept else None
 
-    def save_last(self, payload: dict) -> Path:
+    def save_last(self, payload: dict, *, finite: bool | None = None) -> Path:
         """Write last.pt, unless the weights are non-finite: then a `nonfinite-stepN.pt` beside it,
-        so the last checkpoint with finite weights is never overwritten (peers.md: pocket-tts #262)."""
-        path = self.folder / "last.pt" if weights_finite(payload) else self.folder / f"nonfinite-step{payload.get('step')}.pt"
+        so the last checkpoint with finite weights is never overwritten (peers.md: pocket-tts #262).
+        `finite` is the caller's weights_finite(payload), when it already has it."""
+        finite = weights_finite(payload) if finite is None else finite
+        path = self.folder / "last.pt" if finite else self.folder / f"nonfinite-step{payload.get('step')}.pt"
         save_atomic(payload, path)
         return path
 
-    def save_ranked(self, payload: dict, *, epoch: int, step: int, value: float | None) -> Path | None:
-        """Save a top-k candidate if it ranks; drop the checkpoint that falls out of the top k."""
-        if self.top_k == 0 or value is None or value != value or not weights_finite(payload):  # NaN never ranks
+    def save_ranked(self, payload: dict, *, epoch: int, step: int, value: float | None,
+                    finite: bool | None = None) -> Path | None:
+        """Save a top-k candidate if it ranks; drop the checkpoint that falls out of the top k.
+        Non-finite weights and NaN metrics never rank."""
+        if self.top_k == 0 or value is None or value != value:
+            return None
+        if not (weights_finite(payload) if finite is None else finite):
             return None
         ranked = len(self.kept) < self.top_k or self._better(value, self.kept[-1]["value"])
         if not ranked:

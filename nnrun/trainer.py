@@ -92,7 +92,6 @@ class Trainer:
         self.state = TrainState()
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.group_names = group_names(self.optimizer)
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.stepper = Stepper(components.recipe, self.model, self.loss_fn, self.optimizer, components.device)
         self.accumulate = components.recipe.clip.accumulate
         self.micro_per_epoch = len(components.train_batches)

@@ -1,6 +1,6 @@
 """Per-step cost of each gradient-clip policy relative to `none` on an MNIST-sized MLP.
 
-Runs the real optimizer step (nnrun.stepper.Stepper: forward, backward, clip, non-finite guard,
+Runs the real optimizer step (nnrun.training.stepper.Stepper: forward, backward, clip, non-finite guard,
 fused Adam) on random MNIST-shaped batches (784 -> 256 -> 128 -> 10, batch 128), interleaving the
 policies over several rounds and keeping each policy's best round (noise only adds time).
 Target: agc and autoclip within 10% of `none`.
@@ -22,19 +22,19 @@ POLICIES = ["none", "global_norm", "per_param_norm", "value", "agc", "autoclip"]
 
 def make(policy: str):
     from nnrun import recipe as recipe_io
-    from nnrun.build import seed_everything
-    from nnrun.config import ModelConfig
-    from nnrun.losses import build_loss
-    from nnrun.models import build_model
-    from nnrun.optim import build_optimizer
-    from nnrun.stepper import Stepper
+    from nnrun.components.losses import build_loss
+    from nnrun.components.models import build_model
+    from nnrun.components.optim import build_optimizer
+    from nnrun.recipe.schema import ModelConfig
+    from nnrun.runtime import seed_everything
+    from nnrun.training.stepper import make_stepper
 
     r = recipe_io.validate({"clip": {"policy": policy}, "model": {"hidden": [256, 128]}},
                            source=recipe_io.Source("bench"))
     seed_everything(0)
     model = build_model(ModelConfig(hidden=[256, 128]), input_shape=(1, 28, 28), num_outputs=10)
     opt = build_optimizer(r.optimizer, model, device=torch.device("cpu"))
-    return Stepper(r, model, build_loss(r.train, task="classification"), opt, torch.device("cpu")), opt
+    return make_stepper(r, model, build_loss(r.train, task="classification"), opt, torch.device("cpu")), opt
 
 
 def time_steps(stepper, opt, batches) -> float:

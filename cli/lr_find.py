@@ -44,7 +44,7 @@ def command(args, start, end, steps, mode, smooth, diverge, out_dir, write_recip
 
     from nnrun import recipe as recipe_io
     from nnrun.errors import NnrunError
-    from nnrun.lr_find import RangeTestSettings
+    from nnrun.tools.lr_find import RangeTestSettings
     from nnrun.workflows.lr_find import run
 
     name, overrides = split_recipe_args(args)
@@ -131,7 +131,7 @@ def render(console, result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from nnrun.lr_find import RULE_DOCS, VOTING
+    from nnrun.tools.lr_find import RULE_DOCS, VOTING
 
     curve, s = result.curve, result.suggestions
     lines = chart(curve, s)

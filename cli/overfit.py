@@ -41,7 +41,7 @@ def command(args, batch_size, examples, steps, json_path, out, device):
 
     from nnrun import recipe as recipe_io
     from nnrun.cli.progress import make_progress
-    from nnrun.distributed import is_main_process
+    from nnrun.runtime import is_main_process
     from nnrun.workflows.overfit import run
 
     if batch_size and examples and batch_size != examples:

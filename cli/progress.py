@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from nnrun.trainer import Callback
+from nnrun.training.callbacks import Callback
 
 
 def _metrics(record: dict) -> str:
@@ -66,7 +66,7 @@ class RichProgress(_Throttle):
         s = trainer.state
         loss = float(trainer.last_loss) if trainer.last_loss is not None else None
         lr = trainer.optimizer.param_groups[0]["lr"]
-        sps = self.rate(trainer) * trainer.c.recipe.data.batch_size
+        sps = self.rate(trainer) * trainer.batch_size
         self.progress.update(self.task, completed=s.step, epoch=s.epoch + 1, loss=_fmt(loss),
                              lr=f"{lr:.3g}", sps=f"{sps:,.0f}")
         self.progress.refresh()
@@ -104,7 +104,7 @@ class PlainProgress(_Throttle):
             s = trainer.state
             self.console.print(f"step {s.step}/{trainer.settings.total_steps}  epoch {s.epoch + 1}  "
                                f"loss {float(trainer.last_loss):.4g}  "
-                               f"{self.rate(trainer) * trainer.c.recipe.data.batch_size:,.0f} samples/s")
+                               f"{self.rate(trainer) * trainer.batch_size:,.0f} samples/s")
 
     def on_eval_end(self, trainer, record) -> None:
         self.console.print(f"epoch {_fmt(record['epoch'])}  step {record['step']}  {_metrics(record)}")

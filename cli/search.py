@@ -32,7 +32,7 @@ def command(args, space, trials, workers, study, storage, sampler, pruner, out, 
     """
     from pathlib import Path
 
-    from nnrun.search.space import parse
+    from nnrun.recipe.search import parse
     from nnrun.workflows import search as wf
 
     name, overrides = split_recipe_args(args, required=not resume)

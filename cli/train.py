@@ -28,7 +28,7 @@ def command(args, run_dir, resume, device):
 
     from nnrun import recipe as recipe_io
     from nnrun.cli.progress import make_progress
-    from nnrun.workflows.train import run, resume_recipe
+    from nnrun.workflows.train import resume_recipe, run
 
     name, overrides = split_recipe_args(args, required=resume is None)
     recipe = recipe_io.load(name, overrides) if name else resume_recipe(resume, overrides)

@@ -8,7 +8,7 @@ Importing this package is cheap (no torch); the heavy modules load on first use:
     print(nnrun.predict(result.best_checkpoint, split="test").metrics)
 """
 
-__version__ = "0.1.0"
+from nnrun._version import __version__
 
 __all__ = ["__version__", "load_recipe", "train", "predict"]
 

@@ -1,41 +1,36 @@
-"""The composition root: validated recipe -> the components of a run.
+"""The composition root: validated recipe -> the components of a training run.
 
 Each builder gets only its own recipe section plus the runtime facts it needs (input shape,
-steps per epoch), torchtune style; nothing else in nnrun wires components together.
+steps per epoch), torchtune style. The loop's own parts (stepper, clipper, guard, weight
+average) are assembled by :class:`nnrun.training.trainer.Trainer` from these components;
+prediction-time rebuilds from a checkpoint live in :mod:`nnrun.inference`.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from nnrun import recipe as recipe_io
-from nnrun.config import Recipe
-from nnrun.errors import NnrunError, RecipeError
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from the recipe's seed."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; asking for cuda without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NnrunError("device `cuda` was asked for but torch sees no CUDA GPU",
-                         hint="use --device cpu (or auto), or install a CUDA build of torch")
-    return torch.device(name)
+from nnrun import checkpoint
+from nnrun.components.freeze import check_patterns
+from nnrun.components.init import init_weights
+from nnrun.components.losses import build_loss
+from nnrun.components.models import build_model
+from nnrun.components.optim import build_optimizer, describe_groups
+from nnrun.components.schedules import Schedule, build_schedule
+from nnrun.data import DataBundle, load_data, make_batches, normalize_split
+from nnrun.data.batching import Batches
+from nnrun.data.normalize import fit_normalizer
+from nnrun.errors import CheckpointError, Problem, RecipeError
+from nnrun.recipe import to_dict
+from nnrun.recipe.checks import schedule_problems
+from nnrun.recipe.schema import Recipe
+from nnrun.recipe.tables import metric_info, metric_names, resolve_monitor, split_seed
+from nnrun.runtime import seed_everything
 
 
 @dataclass
@@ -44,14 +39,14 @@ class Components:
 
     recipe: Recipe
     device: torch.device
-    data: Any                   # nnrun.data.DataBundle
+    data: DataBundle
     normalizer: dict
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Any               # nnrun.schedules.Schedule
+    schedule: Schedule
     loss_fn: nn.Module
-    train_batches: Any          # nnrun.data.batching.Batches
-    val_batches: Any | None
+    train_batches: Batches
+    val_batches: Batches | None
     total_steps: int
     notes: list[str] = field(default_factory=list)  # what the build did that a person should see
 
@@ -62,31 +57,21 @@ class Components:
                 "input_shape": list(d.input_shape), "class_names": d.class_names}
 
     def recipe_dict(self) -> dict:
-        return recipe_io.to_dict(self.recipe)
+        return to_dict(self.recipe)
 
 
 def monitor_of(recipe: Recipe, task: str) -> tuple[str, str]:
-    """The monitored metric and its direction (from the metric registry, never from its name)."""
-    from nnrun.metrics import default_monitor, metric_info, metric_names
-
-    name = recipe.train.monitor if recipe.train.monitor != "auto" else default_monitor(task)
+    """The monitored metric and its direction (from the metric table, never from its name)."""
+    name = resolve_monitor(recipe.train.monitor, task)
     if name not in metric_names(task):
-        raise RecipeError([f"`train.monitor`: `{name}` is not produced by a {task} task; "
-                           f"choose one of {', '.join(metric_names(task))}"])
+        raise RecipeError([Problem(("train", "monitor"), f"`{name}` is not produced by a {task} task; "
+                                                         f"choose one of {', '.join(metric_names(task))}")])
     return name, metric_info(name).mode
 
 
-def split_seed(recipe: Recipe) -> int:
-    """The seed that carves the validation split: `data.split_seed`, else `seed`."""
-    return recipe.data.split_seed if recipe.data.split_seed is not None else recipe.seed
-
-
 def build_data(recipe: Recipe, *, base_dir: Path | None, normalizer: dict | None = None,
-               with_test: bool = False):
+               with_test: bool = False) -> tuple[DataBundle, dict]:
     """Load the splits and whiten them with training-split statistics (or stored ones)."""
-    from nnrun.data import load_data
-    from nnrun.data.normalize import fit_normalizer, normalize_split
-
     bundle = load_data(recipe.data, seed=split_seed(recipe), base_dir=base_dir, with_test=with_test)
     if normalizer is None:
         normalizer = fit_normalizer(bundle.train, recipe.data.normalize, recipe.data.tanh_scale)
@@ -97,16 +82,11 @@ def build_data(recipe: Recipe, *, base_dir: Path | None, normalizer: dict | None
     return bundle, normalizer
 
 
-def build_model(recipe: Recipe, data: Any, *, device: torch.device) -> nn.Module:
+def build_initialized_model(recipe: Recipe, data: DataBundle, *, device: torch.device) -> nn.Module:
     """The network, initialized per `init` (LSUV sees one training batch)."""
-    from nnrun.init import init_weights
-    from nnrun.models import build_model as make
-
-    model = make(recipe.model, input_shape=tuple(data.input_shape), num_outputs=data.num_outputs)
+    model = build_model(recipe.model, input_shape=tuple(data.input_shape), num_outputs=data.num_outputs)
     sample = None
     if recipe.init.weights == "lsuv":
-        from nnrun.data.batching import make_batches
-
         batches = make_batches(data.train, batch_size=max(recipe.data.batch_size, 32), shuffle=False,
                                seed=recipe.seed)
         sample = next(iter(batches.epoch(0)))[0]
@@ -120,9 +100,6 @@ def load_pretrained(model: nn.Module, source: str) -> str:
     Tensors whose shape differs (a new head, say) are skipped like missing ones; the returned
     note lists what was loaded, missing, unexpected and skipped.
     """
-    from nnrun import checkpoint
-    from nnrun.errors import CheckpointError
-
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"init.from: {path} does not exist", hint="give an nnrun .pt file or a state-dict file")
@@ -146,41 +123,45 @@ def load_pretrained(model: nn.Module, source: str) -> str:
     return "; ".join(parts)
 
 
+def _batches(recipe: Recipe, data: DataBundle, device: torch.device) -> tuple[Batches, Batches | None]:
+    d = recipe.data
+    train = make_batches(data.train, batch_size=d.batch_size, shuffle=d.shuffle, seed=recipe.seed,
+                         drop_last=d.drop_last, num_workers=d.num_workers, device=device)
+    if len(train) == 0:
+        raise RecipeError([Problem(("data", "batch_size"), f"{d.batch_size} with drop_last leaves no batch of the "
+                                                           f"{data.train.num_examples} training examples; lower it "
+                                                           "or set drop_last: false")])
+    val = None if data.val is None else make_batches(data.val, batch_size=d.eval_batch_size, shuffle=False,
+                                                     seed=recipe.seed, num_workers=d.num_workers, device=device)
+    return train, val
+
+
+def _accumulation_note(recipe: Recipe, model: nn.Module) -> list[str]:
+    if recipe.clip.accumulate == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return []
+    b = recipe.data.batch_size
+    return [f"warning: BatchNorm sees micro-batches of {b}, not the accumulated batch of {b * recipe.clip.accumulate} "
+            "(its statistics are per micro-batch); GroupNorm/LayerNorm do not depend on the batch"]
+
+
 def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
           normalizer: dict | None = None) -> Components:
     """Build every component of a training run from a validated recipe."""
-    from nnrun.data.batching import make_batches
-    from nnrun.freeze import check_patterns
-    from nnrun.losses import build_loss
-    from nnrun.optim import build_optimizer, describe_groups
-    from nnrun.schedules import build_schedule, schedule_problems
-
     seed_everything(recipe.seed)
     data, normalizer = build_data(recipe, base_dir=base_dir, normalizer=normalizer)
-    d = recipe.data
-    train_batches = make_batches(data.train, batch_size=d.batch_size, shuffle=d.shuffle, seed=recipe.seed,
-                                 drop_last=d.drop_last, num_workers=d.num_workers, device=device)
-    if len(train_batches) == 0:
-        raise RecipeError([f"`data.batch_size`: {d.batch_size} with drop_last leaves no batch of the "
-                           f"{data.train.num_examples} training examples; lower it or set drop_last: false"])
-    val_batches = None if data.val is None else make_batches(
-        data.val, batch_size=d.eval_batch_size, shuffle=False, seed=recipe.seed,
-        num_workers=d.num_workers, device=device)
-    model = build_model(recipe, data, device=device)
+    train_batches, val_batches = _batches(recipe, data, device)
+    model = build_initialized_model(recipe, data, device=device)
     notes = [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
     check_patterns(recipe.model, model)
     optimizer = build_optimizer(recipe.optimizer, model, device=device)
     notes += describe_groups(optimizer) if len(optimizer.param_groups) > 1 else []
+    notes += _accumulation_note(recipe, model)
     steps_per_epoch = math.ceil(len(train_batches) / recipe.clip.accumulate)  # optimizer steps
     total_steps = max(1, math.ceil(recipe.train.epochs * steps_per_epoch))
-    if recipe.clip.accumulate > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        notes.append(f"warning: BatchNorm sees micro-batches of {d.batch_size}, not the accumulated batch of "
-                     f"{d.batch_size * recipe.clip.accumulate} (its statistics are per micro-batch); "
-                     "GroupNorm/LayerNorm do not depend on the batch")
     problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
     if problems and recipe.schedule.unit == "steps":
-        raise RecipeError([f"`{'.'.join(p)}`: {m}" for p, m in problems])
-    monitor, mode = monitor_of(recipe, data.task)
+        raise RecipeError(problems)
+    _, mode = monitor_of(recipe, data.task)
     schedule = build_schedule(recipe.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                               lr=recipe.optimizer.lr, monitor_mode=mode, momentum=recipe.optimizer.momentum_schedule)
     loss_fn = build_loss(recipe.train, task=data.task)

@@ -12,9 +12,9 @@ from torch import nn
 
 from nnrun import checkpoint
 from nnrun import recipe as recipe_io
-from nnrun.averaging import WeightAverage
 from nnrun.errors import RecipeError
-from nnrun.trainer import Callback
+from nnrun.training.averaging import WeightAverage
+from nnrun.training.callbacks import Callback
 from nnrun.workflows import train as train_wf
 
 

@@ -12,9 +12,9 @@ from torch import nn
 
 from nnrun import checkpoint
 from nnrun import recipe as recipe_io
-from nnrun.clip import Clipper
-from nnrun.config import ClipConfig
-from nnrun.guard import NonFiniteGuard
+from nnrun.recipe.schema import ClipConfig
+from nnrun.training.clip import Clipper
+from nnrun.training.guard import NonFiniteGuard
 from nnrun.workflows import train as train_wf
 
 
@@ -152,13 +152,13 @@ def test_batchnorm_with_accumulation_is_warned_about(tiny_recipe):
 
 
 def test_fp16_overflowing_steps_are_skipped_and_the_scaler_adapts():
-    from nnrun.stepper import Stepper
+    from nnrun.training.stepper import make_stepper
 
     r = recipe_io.validate({"train": {"precision": "fp16"}}, source=recipe_io.Source("t"))
     model = nn.Sequential(nn.Linear(4, 3))
     nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)  # uniform softmax: large, known gradients
     opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
-    stepper = Stepper(r, model, nn.CrossEntropyLoss(), opt, torch.device("cpu"))
+    stepper = make_stepper(r, model, nn.CrossEntropyLoss(), opt, torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.full((8, 4), 10.0)  # finite logits, but gradients x 2**16 overflow fp16
     out = stepper.step([(x, torch.zeros(8, dtype=torch.long))], 0)

@@ -13,11 +13,22 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from nnrun.config import DataConfig
-from nnrun.data import (DataBundle, LoaderBatches, StreamSplit, TensorBatches, TensorSplit, apply_normalizer,
-                        epoch_order, fit_normalizer, load_data, make_batches, normalize_split)
+from nnrun.data import (
+    DataBundle,
+    LoaderBatches,
+    StreamSplit,
+    TensorBatches,
+    TensorSplit,
+    apply_normalizer,
+    epoch_order,
+    fit_normalizer,
+    load_data,
+    make_batches,
+    normalize_split,
+)
 from nnrun.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from nnrun.errors import DataError
+from nnrun.recipe.schema import DataConfig
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from nnrun import checkpoint
-from nnrun import ensemble as ens
 from nnrun import recipe as recipe_io
 from nnrun.cli import main
-from nnrun.ensemble_weights import SoupContext, average_state_dicts, evaluate_soup
+from nnrun.tools.ensemble import members as ens
+from nnrun.tools.ensemble.soups import SoupContext, average_state_dicts, evaluate_soup
 from nnrun.workflows import ensemble as ens_wf
 from nnrun.workflows import predict as predict_wf
 from nnrun.workflows import train as train_wf

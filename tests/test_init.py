@@ -8,10 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from nnrun.config import InitConfig, ModelConfig
+from nnrun.components.init import init_weights
+from nnrun.components.models import build_model
 from nnrun.errors import NnrunError
-from nnrun.init import init_problems, init_weights
-from nnrun.models import build_model
+from nnrun.recipe.rules import init_problems
+from nnrun.recipe.schema import InitConfig, ModelConfig
+
+
+def line(problem):
+    """A Problem in the `key.path: message` form these assertions were written in."""
+    return f"{'.'.join(map(str, problem.path))}: {problem.message}"
 
 
 def test_xavier_uniform_bound():
@@ -66,8 +72,8 @@ def test_normal_std():
 
 def test_zeros_refused_with_the_symmetry_explanation():
     problems = init_problems(InitConfig(weights="zeros"))
-    assert len(problems) == 1 and problems[0].startswith("init.weights:")
-    assert "same gradient" in problems[0] and "symmetry" in problems[0] and "kaiming_normal" in problems[0]
+    assert len(problems) == 1 and line(problems[0]).startswith("init.weights:")
+    assert "same gradient" in line(problems[0]) and "symmetry" in line(problems[0]) and "kaiming_normal" in line(problems[0])
     with pytest.raises(NnrunError, match="symmetry"):
         init_weights(nn.Linear(2, 2), InitConfig(weights="zeros"), activation="relu")
     assert init_problems(InitConfig()) == []
@@ -86,9 +92,9 @@ def test_zero_weights_really_give_zero_and_identical_gradients():
 
 
 def test_unused_settings_are_problems():
-    assert init_problems(InitConfig(weights="kaiming_normal", gain=2.0))[0].startswith("init.gain:")
-    assert init_problems(InitConfig(weights="default", bias=0.1))[0].startswith("init.bias:")
-    assert init_problems(InitConfig(weights="xavier_uniform", mode="fan_out"))[0].startswith("init.mode:")
+    assert line(init_problems(InitConfig(weights="kaiming_normal", gain=2.0))[0]).startswith("init.gain:")
+    assert line(init_problems(InitConfig(weights="default", bias=0.1))[0]).startswith("init.bias:")
+    assert line(init_problems(InitConfig(weights="xavier_uniform", mode="fan_out"))[0]).startswith("init.mode:")
 
 
 def test_biases_and_norm_layers():

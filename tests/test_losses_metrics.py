@@ -8,10 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from nnrun.config import TrainConfig
+from nnrun.components.losses import RegressionLoss, build_loss, summed_loss
+from nnrun.components.metrics import Accumulator, evaluate
 from nnrun.errors import NnrunError, RecipeError
-from nnrun.losses import RegressionLoss, build_loss, loss_problems, summed_loss
-from nnrun.metrics import Accumulator, default_monitor, evaluate, metric_info, metric_names
+from nnrun.recipe.rules import loss_problems
+from nnrun.recipe.schema import TrainConfig
+from nnrun.recipe.tables import default_monitor, metric_info, metric_names
+
+
+def line(problem):
+    """A Problem in the `key.path: message` form these assertions were written in."""
+    return f"{'.'.join(map(str, problem.path))}: {problem.message}"
 
 CPU = torch.device("cpu")
 
@@ -103,11 +110,11 @@ def test_regression_loss_squeezes_only_a_single_output_column():
 
 def test_loss_problems():
     mse_cls = loss_problems(TrainConfig(loss="mse"), task="classification")
-    assert len(mse_cls) == 1 and mse_cls[0].startswith("train.loss: mse") and "cross_entropy" in mse_cls[0]
+    assert len(mse_cls) == 1 and line(mse_cls[0]).startswith("train.loss: mse") and "cross_entropy" in line(mse_cls[0])
     ce_reg = loss_problems(TrainConfig(), task="regression")
-    assert len(ce_reg) == 1 and ce_reg[0].startswith("train.loss: cross_entropy")
+    assert len(ce_reg) == 1 and line(ce_reg[0]).startswith("train.loss: cross_entropy")
     smooth = loss_problems(TrainConfig(loss="mse", label_smoothing=0.1), task=None)
-    assert len(smooth) == 1 and smooth[0].startswith("train.label_smoothing:")
+    assert len(smooth) == 1 and line(smooth[0]).startswith("train.label_smoothing:")
     assert loss_problems(TrainConfig(), task="classification") == []
     with pytest.raises(RecipeError):
         build_loss(TrainConfig(loss="mse"), task="classification")

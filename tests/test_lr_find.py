@@ -5,7 +5,6 @@ promises (including a recipe that trains)."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import sys
@@ -18,9 +17,20 @@ from click.testing import CliRunner
 from nnrun import recipe as recipe_io
 from nnrun.build import build
 from nnrun.cli import main
-from nnrun.lr_find import (Curve, RangeTestSettings, Smoother, minimum, ramp, range_test, slide, steep,
-                           stop_reason, suggest, valley)
-from nnrun.trainer import LoopSettings, Trainer
+from nnrun.tools.lr_find import (
+    Curve,
+    RangeTestSettings,
+    Smoother,
+    minimum,
+    ramp,
+    range_test,
+    slide,
+    steep,
+    stop_reason,
+    suggest,
+    valley,
+)
+from nnrun.training.trainer import LoopSettings, Trainer
 from nnrun.workflows import lr_find as lr_find_wf
 
 NAN_MODEL = '''

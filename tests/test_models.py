@@ -7,13 +7,19 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from nnrun.config import ModelConfig
+from nnrun.components.models import OUTPUT_LAYER, build_model
+from nnrun.components.norm import make_norm
 from nnrun.errors import NnrunError, RecipeError
-from nnrun.models import OUTPUT_LAYER, build_model, model_problems
-from nnrun.norm import check_norm_fits, make_norm
+from nnrun.recipe.rules import check_norm_fits, model_problems
+from nnrun.recipe.schema import ModelConfig
+
+
+def line(problem):
+    """A Problem in the `key.path: message` form these assertions were written in."""
+    return f"{'.'.join(map(str, problem.path))}: {problem.message}"
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
@@ -110,8 +116,8 @@ def test_resnet20_parameter_count(norm):
 
 def test_resnet_depth_must_be_6n_plus_2():
     problems = model_problems(ModelConfig(arch="resnet", depth=21))
-    assert len(problems) == 1 and problems[0].startswith("model.depth: 21 is not 6n+2")
-    assert "20" in problems[0] and "26" in problems[0]
+    assert len(problems) == 1 and line(problems[0]).startswith("model.depth: 21 is not 6n+2")
+    assert "20" in line(problems[0]) and "26" in line(problems[0])
     with pytest.raises(RecipeError):
         build_model(ModelConfig(arch="resnet", depth=21), input_shape=(3, 32, 32), num_outputs=10)
 
@@ -120,8 +126,8 @@ def test_groupnorm_divisibility_problem_names_the_width():
     cfg = ModelConfig(arch="mlp", hidden=[16, 12], norm="group", groups=8)
     problems = model_problems(cfg)
     assert len(problems) == 1
-    assert problems[0].startswith("model.groups: 8 does not divide width 12 of hidden layer 2")
-    assert f"e.g. {math.gcd(16, 12)}" in problems[0]
+    assert line(problems[0]).startswith("model.groups: 8 does not divide width 12 of hidden layer 2")
+    assert f"e.g. {math.gcd(16, 12)}" in line(problems[0])
     with pytest.raises(RecipeError, match="width 12"):
         build_model(cfg, input_shape=(4,), num_outputs=2)
     assert check_norm_fits("group", 4, [16, 12], spatial=False) == []
@@ -129,7 +135,7 @@ def test_groupnorm_divisibility_problem_names_the_width():
 
 def test_instance_norm_refused_on_vectors():
     problems = model_problems(ModelConfig(arch="mlp", norm="instance"))
-    assert problems and problems[0].startswith("model.norm: instance")
+    assert problems and line(problems[0]).startswith("model.norm: instance")
     with pytest.raises(NnrunError):
         make_norm("instance", 8, spatial=False, groups=1)
 
@@ -137,12 +143,12 @@ def test_instance_norm_refused_on_vectors():
 def test_pooling_below_one_pixel_and_flat_input_problems():
     cfg = ModelConfig(arch="cnn", channels=[4, 4, 4, 4])
     problems = model_problems(cfg, input_shape=(1, 8, 8))  # 8 -> 4 -> 2 -> 1 -> 0
-    assert len(problems) == 1 and problems[0].startswith("model.channels:") and "at most 3" in problems[0]
+    assert len(problems) == 1 and line(problems[0]).startswith("model.channels:") and "at most 3" in line(problems[0])
     assert model_problems(ModelConfig(arch="cnn", channels=[4, 4, 4]), input_shape=(1, 8, 8)) == []
     assert model_problems(ModelConfig(arch="cnn", channels=[4, 4, 4, 4], pool="none"),
                           input_shape=(1, 8, 8)) == []
     flat = model_problems(ModelConfig(arch="cnn"), input_shape=(64,))
-    assert flat and flat[0].startswith("model.arch: cnn needs image input")
+    assert flat and line(flat[0]).startswith("model.arch: cnn needs image input")
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "layer", "instance", "none"])
@@ -220,7 +226,6 @@ def test_python_factory_import_errors_name_the_factory(tmp_path, monkeypatch):
     with pytest.raises(NnrunError, match="did you mean `make_model`"):
         build_model(ModelConfig(arch="python", factory="my_nets2:make_modle"), input_shape=(3,),
                     num_outputs=2)
-    assert model_problems(ModelConfig(arch="python", factory="my_nets2.make_model"))[0].startswith(
-        "model.factory:")
-    assert model_problems(ModelConfig(arch="python"))[0].startswith("model.factory:")
-    assert model_problems(ModelConfig(arch="mlp", factory="a:b"))[0].startswith("model.factory:")
+    assert model_problems(ModelConfig(arch="python", factory="my_nets2.make_model"))[0].path == ("model", "factory")
+    assert model_problems(ModelConfig(arch="python"))[0].path == ("model", "factory")
+    assert model_problems(ModelConfig(arch="mlp", factory="a:b"))[0].path == ("model", "factory")

@@ -263,7 +263,7 @@ def test_the_data_layer_refuses_out_of_range_labels_in_files(tmp_path, write_rec
 
 
 def test_single_class_batch_warns():
-    from nnrun.diagnostics import labels_row
+    from nnrun.tools.diagnostics.rows import labels_row
 
     assert labels_row(torch.full((8,), 3), task="classification", num_classes=10, num_outputs=10).status == "WARN"
 

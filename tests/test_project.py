@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from nnrun import docs
 from nnrun import recipe as recipe_io
+from nnrun.recipe import reference as docs
 from nnrun.recipe import shipped_recipes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,11 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_every_shipped_recipe_validates_and_builds_its_model(name):
-    from nnrun.checks import KNOWN_SOURCES
-    from nnrun.models import build_model
+    from nnrun.components.models import build_model
+    from nnrun.recipe.tables import SOURCES
 
     r = recipe_io.load(name)
-    shape = KNOWN_SOURCES[r.data.source][1]
+    shape = SOURCES[r.data.source].input_shape
     model = build_model(r.model, input_shape=shape, num_outputs=10)
     assert sum(p.numel() for p in model.parameters()) > 0
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 
 from nnrun import recipe as recipe_io
-from nnrun.config import Recipe
 from nnrun.errors import RecipeError
+from nnrun.recipe.schema import Recipe
 
 
 def problems_of(path, overrides=()):
+    """Each problem as printed: "`key.path` (line N): message"."""
     with pytest.raises(RecipeError) as info:
         recipe_io.load(path, overrides)
-    return info.value.problems
+    return [str(p) for p in info.value.problems]
 
 
 def test_empty_recipe_gets_every_default(write_recipe):

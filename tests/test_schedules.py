@@ -3,16 +3,15 @@ plateau, momentum; groups keep their ratios; resume mid-cycle; validation of mis
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
 from nnrun import recipe as recipe_io
-from nnrun.config import MomentumScheduleConfig, PlateauConfig, ScheduleConfig
+from nnrun.components.schedules import build_schedule
 from nnrun.errors import RecipeError
-from nnrun.schedules import build_schedule
+from nnrun.recipe.schema import MomentumScheduleConfig, PlateauConfig, ScheduleConfig
 
 
 def sched(steps_per_epoch=10, total=100, lr=1.0, **kw):
@@ -256,7 +255,7 @@ def test_freeze_bn_keeps_running_statistics(tiny_recipe, tmp_path):
 
 def test_resume_mid_cycle_gives_the_same_curve_and_weights(tiny_recipe, tmp_path):
     from nnrun import checkpoint
-    from nnrun.trainer import Callback
+    from nnrun.training.callbacks import Callback
     from nnrun.workflows import train as train_wf
 
     overrides = ["train.epochs=3.5", "schedule.name=sgdr", "schedule.cycle_len=1", "schedule.cycle_mult=1",

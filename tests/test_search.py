@@ -21,9 +21,11 @@ from click.testing import CliRunner
 
 from nnrun import recipe as recipe_io
 from nnrun.cli import main
-from nnrun.search.edges import edge_warnings
-from nnrun.search.space import Param, parse, suggest
-from nnrun.search.stages import MIN_PAD, PAD, narrow, narrow_param, top_trials
+from nnrun.recipe.search import Param, parse
+from nnrun.tools.search import study as studies
+from nnrun.tools.search.edges import edge_warnings
+from nnrun.tools.search.sampling import suggest
+from nnrun.tools.search.stages import MIN_PAD, PAD, narrow, narrow_param, top_trials
 from nnrun.workflows import search as search_wf
 
 BASE = """\
@@ -178,7 +180,7 @@ def test_two_workers_share_one_store_without_duplicates_or_losses(tmp_path, stor
     folders = trial_dirs(out)
     assert len(folders) == 6 and {Path(r.run_dir) for r in result.trials} == set(folders)
     assert len({r.params["optimizer.lr"] for r in result.trials}) == 6  # workers seeded differently
-    study = optuna.load_study(study_name=result.study, storage=search_wf.S.open_storage(result.storage))
+    study = optuna.load_study(study_name=result.study, storage=studies.open_storage(result.storage))
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
 
 
@@ -200,7 +202,7 @@ def test_killed_worker_trial_is_marked_failed_and_resume_finishes(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    storage = search_wf.S.open_storage(f"sqlite:///{out / 'study.db'}")
+    storage = studies.open_storage(f"sqlite:///{out / 'study.db'}")
     name = storage.get_all_studies()[0].study_name
     assert optuna.load_study(study_name=name, storage=storage).trials[victim].state.name == "RUNNING"
     res = invoke("search", path, "--out", out, "--resume")

@@ -8,16 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from nnrun import checkpoint
 from nnrun import recipe as recipe_io
 from nnrun.cli import main
-from nnrun.trainer import Callback
+from nnrun.training.callbacks import Callback
 from nnrun.workflows import train as train_wf
 
 
@@ -157,7 +157,7 @@ def test_predict_writes_probabilities_and_metrics(tiny_recipe, tmp_path):
 def test_check_prints_resolved_recipe(tiny_recipe):
     res = invoke("check", tiny_recipe, "optimizer.lr=0.01")
     assert res.exit_code == 0
-    data = recipe_io.yaml.safe_load(res.stdout)
+    data = yaml.safe_load(res.stdout)
     assert data["optimizer"]["lr"] == 0.01 and data["data"]["eval_batch_size"] == 512
 
 

@@ -9,9 +9,9 @@ of (seed, epoch), so resume is exact.
 from nnrun.data.batching import Batches, LoaderBatches, TensorBatches, epoch_order, make_batches
 from nnrun.data.loading import load_data
 from nnrun.data.normalize import apply_normalizer, fit_normalizer, normalize_split
-from nnrun.data.sources import SOURCES
+from nnrun.data.sources import LOADERS
 from nnrun.data.splits import DataBundle, Split, StreamSplit, TensorSplit
 
 __all__ = ["load_data", "DataBundle", "Split", "TensorSplit", "StreamSplit", "fit_normalizer",
            "apply_normalizer", "normalize_split", "Batches", "TensorBatches", "LoaderBatches",
-           "epoch_order", "make_batches", "SOURCES"]
+           "epoch_order", "make_batches", "LOADERS"]

@@ -9,7 +9,8 @@ ops see the same stream whether or not a run was resumed (the failure behind Lig
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset

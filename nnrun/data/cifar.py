@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy._core import multiarray, numeric
 
 from nnrun.data.splits import SourceData, TensorSplit, check_pair
 from nnrun.errors import DataError
@@ -35,8 +36,6 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 def _allowed() -> dict[tuple[str, str], Any]:
     """The globals a CIFAR batch may name, mapped to the real objects (no import by name)."""
-    from numpy._core import multiarray, numeric  # numpy >= 2; numpy.core is its old name
-
     table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
              ("_codecs", "encode"): _latin1_encode}
     for mod in ("numpy.core", "numpy._core"):

@@ -10,7 +10,7 @@ statistics shaped [F]; both broadcast against a batch [B, *input_shape].
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset

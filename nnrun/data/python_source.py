@@ -8,7 +8,6 @@ seeded carve-out.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from nnrun.data.splits import SourceData, Split, StreamSplit, as_inputs, as_targets, tensor_split
-from nnrun.errors import DataError
+from nnrun.errors import DataError, import_callable
 
 HINT = "data.factory must be `module:function` importable from the recipe's folder or PYTHONPATH"
 
 
-def import_factory(spec: str | None) -> Any:
-    """Import ``module:function``; DataError with the spec and a hint on any failure."""
-    if not spec or spec.count(":") != 1 or not all(spec.split(":")):
-        raise DataError(f"data.factory {spec!r} is not of the form `module:function`",
-                        hint="e.g. factory: mydata:make_splits (mydata.py next to the recipe)")
-    module_name, attr = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"data.factory {spec!r}: cannot import module `{module_name}` ({exc})",
-                        hint=HINT) from exc
-    func = getattr(module, attr, None)
-    if func is None or not callable(func):
-        raise DataError(f"data.factory {spec!r}: module `{module_name}` has no callable `{attr}`",
-                        hint=HINT)
-    return func
 
 
 class PairDataset(Dataset):
@@ -102,7 +85,7 @@ def load_python(cfg, path: Path | None, with_test: bool) -> SourceData:
     Returns:
         SourceData; its val is the factory's own validation split when given.
     """
-    func = import_factory(cfg.factory)
+    func = import_callable(cfg.factory, key="data.factory", error=DataError)
     try:
         result = func()
     except DataError:

@@ -9,8 +9,9 @@ example per item (file-backed sources) and is batched by a DataLoader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ class Split:
         """The shape of one input example, e.g. ``(1, 28, 28)``."""
         raise NotImplementedError
 
-    def subset(self, indices: torch.Tensor) -> "Split":
+    def subset(self, indices: torch.Tensor) -> Split:
         """A split of the examples at ``indices`` (int64), in that order."""
         raise NotImplementedError
 
@@ -67,7 +68,7 @@ class TensorSplit(Split):
     def example_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def subset(self, indices: torch.Tensor) -> "TensorSplit":
+    def subset(self, indices: torch.Tensor) -> TensorSplit:
         return TensorSplit(self.x[indices], self.y[indices])
 
     def __repr__(self) -> str:
@@ -105,7 +106,7 @@ class StreamSplit(Split):
             return ()
         return tuple(torch.as_tensor(self.dataset[0][0]).shape)
 
-    def subset(self, indices: torch.Tensor) -> "StreamSplit":
+    def subset(self, indices: torch.Tensor) -> StreamSplit:
         return StreamSplit(Subset(self.dataset, indices.tolist()))
 
     def __repr__(self) -> str:

@@ -1,1 +1,2 @@
-"""Use cases, one module each, usable from Python without the CLI."""
+"""Layer 5, use cases: one module per command, usable from Python without the CLI. No workflow
+imports another (modules starting with `_` are shared helpers)."""

@@ -9,16 +9,26 @@ BatchNorm statistics measured both ways and an optional greedy soup).
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
-from nnrun.errors import DataError, NnrunError, OutputError
+import torch
+
+from nnrun.components.losses import build_loss
+from nnrun.data import load_data, make_batches, normalize_split
+from nnrun.errors import DataError, NnrunError
+from nnrun.inference import check_fits, predict, score, write_predictions
+from nnrun.recipe.tables import metric_info, split_seed
+from nnrun.runtime import resolve_device
+from nnrun.tools.ensemble.members import Averager, check_compatible, discover, load_members, rank
+from nnrun.tools.ensemble.soups import SoupContext, export_checkpoint, greedy_soup, uniform_soup
 
 if TYPE_CHECKING:
-    from nnrun.ensemble import Member
+    from nnrun.tools.ensemble.members import Member
 
 
 @dataclass
@@ -84,9 +94,6 @@ def run(paths: Sequence[str | Path], *, mode: str = "mean", top_k: int | None = 
         use_ema: use a checkpoint's EMA weights when it has them.
         all_checkpoints: take every checkpoint of a run folder, not only its best.
     """
-    from nnrun.build import resolve_device
-    from nnrun.ensemble import check_compatible, discover, load_members, rank
-
     if greedy and mode != "weights":
         raise NnrunError("--greedy builds a weight soup", hint="use --mode weights --greedy")
     if export is not None and mode != "weights":
@@ -115,11 +122,6 @@ class SplitCache:
 
     def bundle(self, member: Member, *, with_test: bool):
         """The raw (unwhitened) DataBundle of the member's data config."""
-        import dataclasses
-
-        from nnrun.build import split_seed
-        from nnrun.data import load_data
-
         recipe = member.recipe()
         cfg = recipe.data
         if self.data_path is not None:
@@ -132,33 +134,21 @@ class SplitCache:
 
     def get(self, member: Member, split: str | None = None):
         """(whitened split, raw bundle) of ``split`` (default: the cache's split)."""
-        from nnrun.data import normalize_split
-
         split = split or self.split
         bundle = self.bundle(member, with_test=split == "test")
         part = bundle.require_test() if split == "test" else bundle.val
         if part is None:
             raise DataError(f"{member.label} has no {split} split (data.val_fraction is 0)",
                             hint="use --split test")
-        if bundle.task != member.data["task"]:
-            raise DataError(f"the data looks like a {bundle.task} task but {member.label} is "
-                            f"{member.data['task']}", hint="predict on data like the training data")
-        if tuple(bundle.input_shape) != tuple(member.data["input_shape"]):
-            raise DataError(f"the data has examples of shape {tuple(bundle.input_shape)} but {member.label} "
-                            f"expects {tuple(member.data['input_shape'])}", hint="predict on data like the "
-                                                                                  "training data")
+        check_fits(member.data, bundle, member.label)
         return normalize_split(part, member.payload["normalization"]), bundle
 
 
 def _loss(member):
-    from nnrun.losses import build_loss
-
     return build_loss(member.recipe().train, task=member.data["task"])
 
 
 def _member_outputs(member, cache, dev, split: str | None = None):
-    from nnrun.ensemble import predict
-
     part, _ = cache.get(member, split)
     model = member.build(dev)
     outputs, targets = predict(model, part, batch_size=member.recipe().data.eval_batch_size, device=dev)
@@ -167,8 +157,6 @@ def _member_outputs(member, cache, dev, split: str | None = None):
 
 
 def _same_targets(ref, targets, first, member, split: str):
-    import torch
-
     if ref is not None and not (ref.shape == targets.shape and torch.equal(ref, targets)):
         raise DataError(f"members {first.label} and {member.label} see different {split} examples",
                         hint="combine members trained on the same data split, or use --split test / --data")
@@ -176,8 +164,6 @@ def _same_targets(ref, targets, first, member, split: str):
 
 
 def _predictions(members, by: str, mode: str, cache, dev) -> EnsembleResult:
-    from nnrun.ensemble import Averager, score
-
     task, split = members[0].data["task"], cache.split
     loss_fn, averager = _loss(members[0]), Averager(task, mode)
     reports, ref = [], None
@@ -199,8 +185,6 @@ def _headline(by: str, split: str, metrics: dict, task: str) -> str:
 
 
 def _summarize(mode, split, by, reports, metrics, outputs, targets, predictions, task, **extra) -> EnsembleResult:
-    from nnrun.metrics import metric_info
-
     name = _headline(by, split, metrics, task)
     sign = 1.0 if metric_info(name).mode == "max" else -1.0
     values = [r.metrics[name] for r in reports]
@@ -213,10 +197,6 @@ def _summarize(mode, split, by, reports, metrics, outputs, targets, predictions,
 
 
 def _soup_context(members, by: str, cache, dev):
-    from nnrun.data import make_batches, normalize_split
-    from nnrun.ensemble_weights import SoupContext
-    from nnrun.metrics import metric_info
-
     first = members[0]
     recipe, task = first.recipe(), first.data["task"]
     val, bundle = cache.get(first, "val")
@@ -234,9 +214,6 @@ def _soup_context(members, by: str, cache, dev):
 
 
 def _weights(members, by: str, cache, dev, *, greedy: bool, export) -> EnsembleResult:
-    from nnrun.ensemble import predict, score
-    from nnrun.ensemble_weights import export_checkpoint, greedy_soup, uniform_soup
-
     ctx = _soup_context(members, by, cache, dev)
     split, task = cache.split, ctx.task
     reports, ref = [], None
@@ -279,24 +256,5 @@ def _weights(members, by: str, cache, dev, *, greedy: bool, export) -> EnsembleR
 def _write(path, result: EnsembleResult, data: dict) -> Path:
     """CSV as `nnrun predict` writes it: index, target, prediction, prob_<class>... (the
     ensemble's probabilities; in vote mode the prediction is the vote winner)."""
-    import torch
-
-    from nnrun.workflows.predict import write_predictions
-
-    if data["task"] != "classification" or result.predictions is None:
-        return write_predictions(path, result.outputs, result.targets, task=data["task"],
-                                 class_names=data.get("class_names"))
-    path = Path(path)
-    probs = torch.softmax(result.outputs.double(), dim=1)
-    names = data.get("class_names") or [str(i) for i in range(probs.shape[1])]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "target", "prediction", *[f"prob_{n}" for n in names]])
-            for i, (t, p, row) in enumerate(zip(result.targets.tolist(), result.predictions.tolist(), probs.tolist())):
-                w.writerow([i, t, p, *[f"{v:.6g}" for v in row]])
-    except OSError as exc:
-        raise OutputError(f"cannot write predictions to {path}: {exc.strerror}",
-                          hint="choose a writable path with --out") from exc
-    return path
+    return write_predictions(path, result.outputs, result.targets, task=data["task"],
+                             class_names=data.get("class_names"), predictions=result.predictions)

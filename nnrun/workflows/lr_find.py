@@ -14,16 +14,18 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from nnrun import recipe as recipe_io
-from nnrun.config import Recipe
+from nnrun.build import build
 from nnrun.errors import OutputError
-from nnrun.lr_find import RULES, Curve, RangeTestSettings, Suggestions, range_test, suggest
-from nnrun.threads import recipe_threads
-from nnrun.workflows.folders import fresh_dir
+from nnrun.recipe.schema import Recipe
+from nnrun.runtime import is_main_process, recipe_threads, resolve_device
+from nnrun.tools.lr_find import RULES, Curve, RangeTestSettings, Suggestions, range_test, suggest
+from nnrun.training.loggers import write_curve
+from nnrun.workflows._folders import fresh_dir
 
 PLOT_MISSING = ("matplotlib is not installed, so no plot was written (the CSV, TensorBoard scalars "
                 "and suggestions are complete); install it with: pip install 'nnrun[plot]'")
@@ -81,19 +83,9 @@ def _write_csv(curve: Curve, path: Path) -> None:
 
 
 def _write_tensorboard(curve: Curve, s: Suggestions, folder: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(folder))
-    try:
-        for i, (lr, loss, smooth) in enumerate(zip(curve.lrs, curve.losses, curve.smoothed)):
-            writer.add_scalar("lr_find/loss", loss, i)
-            writer.add_scalar("lr_find/smoothed", smooth, i)
-            writer.add_scalar("lr_find/lr", lr, i)
-            writer.add_scalar("lr_find/log10_lr", math.log10(lr), i)
-        if s.lr is not None:
-            writer.add_scalar("lr_find/suggested_lr", s.lr, 0)
-    finally:
-        writer.close()
+    write_curve(folder, {"lr_find/loss": curve.losses, "lr_find/smoothed": curve.smoothed, "lr_find/lr": curve.lrs,
+                         "lr_find/log10_lr": [math.log10(lr) for lr in curve.lrs]},
+                single={"lr_find/suggested_lr": s.lr} if s.lr is not None else None)
 
 
 def _summary_json(curve: Curve, s: Suggestions) -> dict:
@@ -179,11 +171,6 @@ def run(recipe: Recipe, *, settings: RangeTestSettings = RangeTestSettings(), ou
         base_dir: folder that relative data paths are resolved against.
         on_step: progress hook, called as `on_step(step, lr, loss, smoothed)`.
     """
-    import torch
-
-    from nnrun.build import build, resolve_device
-    from nnrun.distributed import is_main_process
-
     settings.check()
     start = time.perf_counter()
     components = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir)

@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnrun.config import Recipe
+import torch
+
+from nnrun.build import build
+from nnrun.components.optim import get_momentum, group_names
 from nnrun.errors import NnrunError, OutputError
+from nnrun.recipe.schema import Recipe
 
 
 @dataclass
@@ -26,11 +30,6 @@ class SchedulePreview:
 
 def preview(recipe: Recipe, *, max_points: int = 2000) -> SchedulePreview:
     """Every group's rate (and the momentum) over the run, sampled at up to `max_points` steps."""
-    import torch
-
-    from nnrun.build import build
-    from nnrun.optim import get_momentum, group_names
-
     c = build(recipe, device=torch.device("cpu"))
     total = c.total_steps
     stride = max(1, total // max_points)

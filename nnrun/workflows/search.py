@@ -15,19 +15,21 @@ import multiprocessing
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nnrun import recipe as recipe_io
-from nnrun.config import Recipe
 from nnrun.errors import NnrunError, OutputError, RecipeError
-from nnrun.search import study as S
-from nnrun.search.edges import edge_warnings
-from nnrun.search.space import SearchSpec, decode_choice
-from nnrun.search.worker import WorkerPlan, run_worker
-from nnrun.workflows.folders import fresh_dir
+from nnrun.recipe.schema import Recipe
+from nnrun.recipe.search import SearchSpec
+from nnrun.tools.search import study as studies
+from nnrun.tools.search.edges import edge_warnings
+from nnrun.tools.search.sampling import decode_choice
+from nnrun.tools.search.worker import WorkerPlan, run_worker
+from nnrun.workflows._folders import fresh_dir
 
 Event = Callable[[str], None]
 
@@ -118,8 +120,8 @@ def _check_same_space(storage, plan: WorkerPlan) -> bool:
     """Record the search space in the first stage's study; refuse to join a study that searched
     another space. Returns whether the study already existed."""
     name = plan.study_name(0)
-    existed = S.study_exists(storage, name)
-    study = S.open_study(storage, name, mode=plan.spec.mode)
+    existed = studies.study_exists(storage, name)
+    study = studies.open_study(storage, name, mode=plan.spec.mode)
     space = [p.to_dict() for p in plan.spec.params]
     stored = study.user_attrs.get("search")
     if stored is None:
@@ -142,7 +144,7 @@ def run(recipe: Recipe, spec: SearchSpec, *, out: Path | None = None, storage: s
 
     Args:
         recipe: the validated base recipe (its `search` section is stored with the results).
-        spec: the parsed search section (:func:`nnrun.search.space.parse`).
+        spec: the parsed search section (:func:`nnrun.recipe.search.parse`).
         out: the search folder; default a new `runs/<name>/search-<timestamp>/`, or with `resume`
             the newest one.
         storage: Optuna storage (default an SQLite file in `out`; `journal:PATH`; a database URL).
@@ -165,13 +167,13 @@ def run(recipe: Recipe, spec: SearchSpec, *, out: Path | None = None, storage: s
     if not resume and study is None and (out / "search.json").is_file():
         raise NnrunError(f"{out} already holds a search", hint="add --resume to continue it, or choose another --out")
     study = study or meta.get("study") or f"{recipe.name}-{out.name}"
-    url = S.storage_url(storage or meta.get("storage"), out)
+    url = studies.storage_url(storage or meta.get("storage"), out)
     _prepare_out(out, recipe, {"study": study, "storage": url, "recipe": recipe.name, "metric": spec.metric,
                                "created": datetime.now().isoformat(timespec="seconds")})
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     plan = WorkerPlan(recipe=recipe_io.to_dict(recipe), spec=spec, out=str(out), storage=url, study=study,
                       seed=recipe.seed, threads=threads, device=device)
-    storage_obj = S.open_storage(url)
+    storage_obj = studies.open_storage(url)
     joined = _check_same_space(storage_obj, plan)
     monitor = Monitor(storage_obj, plan, emit)
     start = time.perf_counter()
@@ -191,7 +193,7 @@ def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
     run_worker(plan, seed_offset)
 
 
-def _run_processes(plan: WorkerPlan, workers: int, monitor: "Monitor", offset: int) -> list[str]:
+def _run_processes(plan: WorkerPlan, workers: int, monitor: Monitor, offset: int) -> list[str]:
     """Spawn `workers` processes (fresh interpreters: no forked torch or SQLite state) and report
     their trials while they run."""
     ctx = multiprocessing.get_context("spawn")
@@ -227,7 +229,7 @@ class Monitor:
 
         for k in range(len(self.plan.spec.stages)):
             name = self.plan.study_name(k)
-            if not S.study_exists(self.storage, name):
+            if not studies.study_exists(self.storage, name):
                 return
             study = optuna.load_study(study_name=name, storage=self.storage)
             if k not in self.narrowed and "narrowed" in study.user_attrs:
@@ -272,7 +274,7 @@ def collect(storage, plan: WorkerPlan, *, seconds: float = 0.0, failures: list[s
     spec, rows, narrowed = plan.spec, [], []
     for k in range(len(spec.stages)):
         name = plan.study_name(k)
-        if not S.study_exists(storage, name):
+        if not studies.study_exists(storage, name):
             break
         study = optuna.load_study(study_name=name, storage=storage)
         narrowed.append(list(study.user_attrs.get("narrowed", [])))

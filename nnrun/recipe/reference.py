@@ -1,0 +1,78 @@
+"""The recipe reference, generated from the schema so it cannot drift.
+
+`python -m nnrun.recipe.reference` prints the markdown that goes between the reference markers of
+`docs/recipe-reference.md`; a test fails when that copy differs (regenerate it with
+`python -m nnrun.recipe.reference --write docs/recipe-reference.md`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from nnrun.recipe.schema import Recipe, dataclass_of, describe_range, yaml_key
+
+BEGIN, END = "<!-- recipe-reference:begin -->", "<!-- recipe-reference:end -->"
+
+
+def _default(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value is None:
+        return "`null`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    if f.metadata.get("choices"):
+        return ", ".join(f"`{c}`" for c in f.metadata["choices"])
+    return describe_range(f.metadata)
+
+
+def _rows(cls: type, prefix: str) -> list[str]:
+    """Table rows of a section's keys, nested sections (`on_plateau`, `groups[]`) included."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{yaml_key(f)}"
+        rows.append(f"| `{key}` | {_default(f)} | {_allowed(f)} | {f.metadata['doc'].replace('|', '/')} |")
+        nested, shape = dataclass_of(hints[f.name])
+        if nested is not None:
+            rows += _rows(nested, key + ("[]" if shape == "list" else ""))
+    return rows
+
+
+def reference() -> str:
+    """Markdown tables, one per recipe section, listing every key with default and practice."""
+    lines = ["| key | default | allowed | practice |", "|---|---|---|---|"]
+    hints = typing.get_type_hints(Recipe)
+    for f in dataclasses.fields(Recipe):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"| `{f.name}` | {_default(f)} | {_allowed(f)} | {f.metadata['doc']} |")
+    out = ["Top level:", "", *lines, ""]
+    for f in dataclasses.fields(Recipe):
+        section = hints[f.name]
+        if not dataclasses.is_dataclass(section):
+            continue
+        out += [f"`{f.name}:` {f.metadata['doc']}", "", "| key | default | allowed | practice |", "|---|---|---|---|"]
+        out += _rows(section, f.name)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def splice(readme: str) -> str:
+    """README text with the reference block replaced by the generated one."""
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{reference()}{END}{tail}"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        path.write_text(splice(path.read_text()))
+    else:
+        print(reference(), end="")

@@ -1,0 +1,141 @@
+"""The callback contract, and the callbacks that turn the loop's events into files.
+
+`metrics.jsonl`, checkpoints and ensemble members are written here; TensorBoard is in
+:mod:`nnrun.training.loggers`. File writers are attached only on the main process (see
+:func:`nnrun.runtime.is_main_process`), so the loop itself stays free of file I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnrun.checkpoint import CheckpointSaver, save_atomic, weights_finite
+from nnrun.errors import OutputError
+
+if TYPE_CHECKING:
+    from nnrun.training.trainer import Trainer
+
+
+class Callback:
+    """Hooks the loop calls, each with the trainer.
+
+    A callback reads only these trainer attributes: `state` (a :class:`~nnrun.training.trainer.TrainState`:
+    epoch, batch, step, history, best), `settings` (total_steps, log_every, monitor, mode),
+    `model`, `optimizer`, `schedule`, `batch_size`, `last_loss` (a device tensor), `step_series`
+    (the last log window's per-step values), `layer_norms` (per-layer gradient norms of the window,
+    when `clip.layer_norms_every` asks). It may call `request_stop(reason)`, `evaluate_now()`,
+    `current_lrs()` and `state_dict()`; it never writes the trainer's attributes.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After the optimizer step, gradients still present; `trainer.last_loss` is on the device."""
+
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """Every `log.every_n_steps` steps, with host values (`train/loss`, `grad_norm`, `lr/...`)."""
+
+    def on_eval_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After each evaluation; `record` is the metrics.jsonl line."""
+
+    def on_event(self, trainer: Trainer, message: str) -> None:
+        """A warning worth showing (gradient-norm spike, skipped non-finite steps, rollback)."""
+
+    def on_fit_end(self, trainer: Trainer, reason: str) -> None: ...
+
+
+class MetricsFile(Callback):
+    """One JSON object per evaluation in `metrics.jsonl`.
+
+    On start (a resume included) the file is rewritten from the history held in the state, so
+    it always agrees with the checkpoint the run continues from.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        try:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}",
+                              hint="choose a writable folder with --run-dir") from exc
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Checkpointing(Callback):
+    """`last.pt` after every evaluation and at the end (stop or interrupt, mid-epoch included),
+    plus the best `save_top_k` by the monitor, named `epoch012-val_acc=0.9812.pt`."""
+
+    def __init__(self, folder: Path, *, monitor: str, mode: str, top_k: int):
+        self.saver = CheckpointSaver(folder, monitor=monitor, mode=mode, top_k=top_k)
+        self.last_path: Path | None = None
+        self.diagnostic_path: Path | None = None
+        self._saved_step = -1
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        payload = trainer.state_dict()
+        finite = weights_finite(payload)  # once for both files
+        epoch = math.ceil(record["epoch"])  # a fractional last epoch counts as the epoch it ends in
+        self.saver.save_ranked(payload, epoch=epoch, step=trainer.state.step,
+                               value=record.get(self.saver.monitor), finite=finite)
+        self.last_path = self.saver.save_last(payload, finite=finite)
+        self._saved_step = trainer.state.step
+
+    def on_fit_end(self, trainer: Trainer, reason: str) -> None:
+        if reason.startswith("non-finite"):
+            # A diagnostic copy of the state the guard stopped at; last.pt stays the last good one.
+            self.diagnostic_path = self.saver.folder / f"nonfinite-step{trainer.state.step}.pt"
+            save_atomic({**trainer.state_dict(), "reason": reason}, self.diagnostic_path)
+        elif trainer.state.step != self._saved_step:
+            self.last_path = self.saver.save_last(trainer.state_dict())
+            self._saved_step = trainer.state.step
+
+    @property
+    def best_path(self) -> Path | None:
+        best = self.saver.best()
+        return self.saver.folder / best["file"] if best else None
+
+
+class EnsembleMembers(Callback):
+    """Members of a one-run ensemble in `checkpoints/members/` (not in index.json, so the
+    top-k rotation never deletes them; `nnrun ensemble RUN_DIR` picks them up).
+
+    - `checkpoints`: the state after every `every`-th epoch's evaluation.
+    - `snapshots`: the state at the end of every learning-rate cycle (SGDR or cyclic), where the
+      rate is lowest: the "train one, get M for free" snapshot ensemble (Huang et al. 2017). Each
+      snapshot is evaluated on the validation split so it carries its own metrics.
+    """
+
+    def __init__(self, folder: Path, *, strategy: str, every: int = 1):
+        self.folder, self.strategy, self.every = Path(folder), strategy, every
+        self.cycle_ends: set[int] = set()
+        self.saved: list[Path] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.strategy == "snapshots":
+            self.cycle_ends = set(trainer.schedule.cycle_end_steps())
+
+    def _save(self, trainer: Trainer, name: str, metrics: dict) -> None:
+        payload = {**trainer.state_dict(), "metrics": metrics, "member": name}
+        if weights_finite(payload):
+            save_atomic(payload, self.folder / f"{name}.pt")
+            self.saved.append(self.folder / f"{name}.pt")
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        step = trainer.state.step
+        if step in self.cycle_ends:
+            cycle = sorted(self.cycle_ends).index(step) + 1
+            metrics = trainer.evaluate_now()  # eval mode inside, each module's mode restored after
+            self._save(trainer, f"snapshot-cycle{cycle:02d}-step{step:06d}", metrics)
+
+    def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        if self.strategy == "checkpoints" and epoch == int(epoch) and int(epoch) % self.every == 0:
+            self._save(trainer, f"member-epoch{int(epoch):03d}", record)

@@ -1,0 +1,184 @@
+"""One training run into a run folder: build the components, attach the file writers, fit.
+
+`nnrun train` (:mod:`nnrun.workflows.train`, which adds signals, seed ensembles and resuming from
+a path) and every search trial run through here. The run folder holds `recipe.yaml` (resolved),
+`metrics.jsonl`, `tb/` and `checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnrun.build import build, monitor_of
+from nnrun.errors import CheckpointError, OutputError
+from nnrun.recipe import dump
+from nnrun.recipe.schema import Recipe
+from nnrun.recipe.tables import metric_info, split_seed
+from nnrun.runtime import is_main_process, resolve_device
+from nnrun.training import loggers
+from nnrun.training.callbacks import Callback, Checkpointing, EnsembleMembers, MetricsFile
+from nnrun.training.trainer import LoopSettings, Trainer
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    monitor: str
+    best: dict | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: list[dict]
+    stop_reason: str
+    steps: int
+    seconds: float
+    signal: str | None = None
+    events: list[str] = field(default_factory=list)   # warnings: gradient spikes, skips, rollbacks
+    members: list[TrainResult] = field(default_factory=list)  # ensemble.seeds: one result per seed
+    diagnostic_checkpoint: Path | None = None          # written when the non-finite guard stopped the run
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+
+def prepare_run_dir(path: Path, recipe: Recipe) -> Path:
+    """Create the run folder and write the resolved recipe, or explain why it cannot."""
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (path / "recipe.yaml").write_text(dump(recipe))
+    except OSError as exc:
+        raise OutputError(f"cannot write the run folder {path}: {exc.strerror}",
+                          hint="choose a writable folder with --run-dir or log.run_dir=...") from exc
+    return path
+
+
+def file_writers(run_dir: Path, recipe: Recipe, *, monitor: str, mode: str) -> tuple[list[Callback], Checkpointing]:
+    """The callbacks that write the run folder (main process only) and the checkpoint saver among them."""
+    prepare_run_dir(run_dir, recipe)
+    saver = Checkpointing(run_dir / "checkpoints", monitor=monitor, mode=mode, top_k=recipe.train.save_top_k)
+    writers: list[Callback] = [MetricsFile(run_dir / "metrics.jsonl"), saver]
+    if recipe.ensemble.strategy in ("checkpoints", "snapshots"):
+        writers.append(EnsembleMembers(run_dir / "checkpoints" / "members", strategy=recipe.ensemble.strategy,
+                                       every=recipe.ensemble.every))
+    if recipe.log.tensorboard:
+        writers.insert(0, loggers.TensorBoard(run_dir / "tb", histograms_every=recipe.log.histograms_every))
+    return writers, saver
+
+
+class Session:
+    """A built run ready to fit: the trainer with its callbacks, and where its files go.
+
+    Args:
+        recipe: a validated recipe.
+        run_dir: the run folder.
+        payload: a checkpoint to continue exactly (its normalization statistics are reused).
+        device: overrides `train.device`.
+        callbacks: extra callbacks (e.g. the CLI's progress display).
+        base_dir: folder that relative data paths are resolved against.
+        notes: called with the build's notes (parameter groups, init.from report) before training.
+    """
+
+    def __init__(self, recipe: Recipe, *, run_dir: Path, payload: dict | None = None, device: str | None = None,
+                 callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
+                 notes: Callable[[list[str]], None] | None = None):
+        if recipe.log.tensorboard and is_main_process():
+            loggers.preload()
+        self.run_dir = run_dir
+        c = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir,
+                  normalizer=payload["normalization"] if payload else None)
+        self.monitor, mode = monitor_of(recipe, c.data.task)
+        if notes is not None and c.notes:
+            notes(c.notes)
+        settings = LoopSettings(total_steps=c.total_steps, log_every=recipe.log.every_n_steps,
+                                eval_every=recipe.train.eval_every, monitor=self.monitor, mode=mode,
+                                patience=recipe.train.patience)
+        writers, self.saver = file_writers(run_dir, recipe, monitor=self.monitor, mode=mode) \
+            if is_main_process() else ([], None)
+        self.trainer = Trainer(c, settings, [*callbacks, *writers])
+        if payload is not None:
+            _load_for_resume(self.trainer, payload)
+
+    def fit(self) -> TrainResult:
+        """Train to the end (or the stop) and say what was produced."""
+        start = time.perf_counter()
+        state = self.trainer.fit()
+        saver = self.saver
+        return TrainResult(run_dir=self.run_dir, monitor=self.monitor, best=state.best,
+                           best_checkpoint=saver.best_path if saver else None,
+                           last_checkpoint=saver.last_path if saver else None, history=state.history,
+                           stop_reason=state.stop_reason or "finished", steps=state.step,
+                           seconds=time.perf_counter() - start, events=list(state.events),
+                           diagnostic_checkpoint=saver.diagnostic_path if saver else None)
+
+
+FitContext = Callable[[Trainer], AbstractContextManager[dict]]
+"""Wraps a fit (e.g. with signal handlers that ask the trainer to stop); yields what it caught."""
+
+
+def train_recipe(recipe: Recipe, *, run_dir: Path, payload: dict | None = None,
+                 fit_context: FitContext | None = None, **session_args) -> TrainResult:
+    """Train one recipe into `run_dir` (a seed ensemble into `run_dir/seed-<i>/`).
+
+    Args:
+        recipe: a validated recipe.
+        run_dir: the run folder.
+        payload: a checkpoint to continue exactly.
+        fit_context: wraps each fit (the CLI's signal handlers); its dict's `signal` is reported.
+        session_args: the other arguments of :class:`Session`.
+    """
+    if recipe.ensemble.seeds > 1 and payload is None:
+        return _train_seeds(recipe, run_dir=run_dir, fit_context=fit_context, **session_args)
+    session = Session(recipe, run_dir=run_dir, payload=payload, **session_args)
+    with (fit_context or (lambda trainer: contextlib.nullcontext({})))(session.trainer) as caught:
+        result = session.fit()
+    result.signal = caught.get("signal")
+    return result
+
+
+def seed_member(recipe: Recipe, index: int) -> Recipe:
+    """Member `index` of a seed ensemble: its own seed (init, data order, dropout), the shared
+    validation split (split_seed fixed to the recipe's), and no further seeds."""
+    return dataclasses.replace(recipe, seed=recipe.seed + index,
+                               data=dataclasses.replace(recipe.data, split_seed=split_seed(recipe)),
+                               ensemble=dataclasses.replace(recipe.ensemble, seeds=1))
+
+
+def _train_seeds(recipe: Recipe, *, run_dir: Path, **kwargs) -> TrainResult:
+    """`ensemble.seeds: N`: N runs into `<run_dir>/seed-<i>/`, one ensemble folder."""
+    members: list[TrainResult] = []
+    for i in range(recipe.ensemble.seeds):
+        result = train_recipe(seed_member(recipe, i), run_dir=run_dir / f"seed-{i}", **kwargs)
+        members.append(result)
+        if result.interrupted or result.stop_reason.startswith("non-finite"):
+            break
+    ranked = [m for m in members if m.best]
+    best = None
+    if ranked:
+        pick = max if metric_info(members[0].monitor).mode == "max" else min
+        best = pick(ranked, key=lambda m: m.best["value"])
+    last = members[-1]
+    return TrainResult(run_dir=run_dir, monitor=last.monitor, best=best.best if best else None,
+                       best_checkpoint=best.best_checkpoint if best else None,
+                       last_checkpoint=last.last_checkpoint, history=last.history,
+                       stop_reason=(f"finished {len(members)} seed runs" if last.stop_reason == "finished"
+                                    and len(members) == recipe.ensemble.seeds else last.stop_reason),
+                       steps=sum(m.steps for m in members), seconds=sum(m.seconds for m in members),
+                       signal=last.signal, events=[e for m in members for e in m.events], members=members)
+
+
+def _load_for_resume(trainer: Trainer, payload: dict) -> None:
+    """Restore the trainer, turning a model that does not fit the checkpoint into a clear error."""
+    try:
+        trainer.load_state_dict(payload)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{payload['path']} does not fit this recipe's model or optimizer ({first})",
+                              hint="resume with the run's own recipe (omit RECIPE) or a compatible one") from exc

@@ -46,9 +46,10 @@ def test_shipped_recipes_have_a_header_comment():
         assert res.read_text().startswith("# "), name
 
 
-def test_readme_recipe_reference_is_current():
-    readme = (ROOT / "README.md").read_text()
-    assert docs.splice(readme) == readme, "run: python -m nnrun.docs --write README.md"
+def test_recipe_reference_is_current():
+    page = (ROOT / "docs" / "recipe-reference.md").read_text()
+    assert docs.BEGIN in page and docs.END in page, "docs/recipe-reference.md lost its reference markers"
+    assert docs.splice(page) == page, "run: python -m nnrun.docs --write"
 
 
 def test_readme_documents_every_command():

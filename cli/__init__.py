@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from nnrun import __version__
+from nnrun._version import __version__
 
 COMMANDS = {
     "train": ("train", "Train a recipe: checkpoints, TensorBoard, exact resume."),

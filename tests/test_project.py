@@ -9,6 +9,7 @@ import pytest
 import tomllib
 
 from nnrun import recipe as recipe_io
+from nnrun.cli import available
 from nnrun.recipe import reference as docs
 from nnrun.recipe import shipped_recipes
 
@@ -46,17 +47,86 @@ def test_shipped_recipes_have_a_header_comment():
         assert res.read_text().startswith("# "), name
 
 
-def test_readme_recipe_reference_is_current():
+DOCS = ROOT / "docs"
+COMMAND_PAGES = DOCS / "commands"
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def without_fences(text: str) -> str:
+    """Markdown text with fenced code blocks blanked out."""
+    return re.sub(r"^(```|~~~).*?^\1[ \t]*$", "", text, flags=re.M | re.S)
+
+
+def without_code(text: str) -> str:
+    """Markdown text with fenced code blocks and inline code spans blanked out."""
+    return re.sub(r"(`+)(?!`).+?(?<!`)\1(?!`)", "", without_fences(text), flags=re.S)
+
+
+def relative_links(text: str) -> list[str]:
+    """Targets of inline Markdown links and images that are neither web addresses nor pure anchors."""
+    targets = re.findall(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", without_code(text))
+    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t, re.I) and not t.startswith("#")]
+
+
+def test_recipe_reference_is_current():
+    page = (DOCS / "recipe-reference.md").read_text()
+    assert docs.BEGIN in page and docs.END in page, "docs/recipe-reference.md lost its reference markers"
+    assert docs.splice(page) == page, "run: python -m nnrun.recipe.reference --write"
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_every_command_has_a_current_page(name):
+    from nnrun.cli import reference
+
+    page = COMMAND_PAGES / f"{name}.md"
+    assert page.is_file(), f"{page.relative_to(ROOT)} is missing: copy another command page and fill it in"
+    text = page.read_text()
+    assert text.splitlines()[0] == f"# nnrun {name}", "the title is `# nnrun <name>`"
+    for heading in re.findall(r"^#+ .*$", without_fences(text), re.M):
+        assert "[" not in heading and "--" not in heading, f"synopsis in a heading: {heading!r}"
+    assert reference.splice(text, name) == text, "run: python -m nnrun.cli.reference --write"
+
+
+def test_readme_table_links_every_command_page_with_its_summary():
     readme = (ROOT / "README.md").read_text()
-    assert docs.splice(readme) == readme, "run: python -m nnrun.docs --write README.md"
+    index = (DOCS / "index.md").read_text()
+    for name, (_, summary) in available().items():
+        row = next((line for line in readme.splitlines() if f"(docs/commands/{name}.md)" in line), None)
+        assert row is not None, f"the README's command table has no link to docs/commands/{name}.md"
+        assert summary in row, f"README row of {name} should read: {summary}"
+        assert f"(commands/{name}.md)" in index, f"docs/index.md does not list docs/commands/{name}.md"
 
 
-def test_readme_documents_every_command():
-    from nnrun.cli import available
+def test_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines (at most 200): move detail into docs/"
 
-    readme = (ROOT / "README.md").read_text()
-    for name in available():
-        assert re.search(rf"^### `nnrun {name}\b", readme, re.M), name
+
+def test_relative_links_point_to_existing_files():
+    broken = []
+    for md in markdown_files():
+        for target in relative_links(md.read_text()):
+            path = target.split("#", 1)[0]
+            if not (md.parent / path).exists():
+                broken.append(f"{md.relative_to(ROOT)}: {target}")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_pages_hold_no_html_but_the_markers():
+    markers = {docs.BEGIN, docs.END, "<!-- ci:test -->", "<!-- options:begin -->", "<!-- options:end -->",
+               "<!-- layers:begin -->", "<!-- layers:end -->", "<!-- packages:begin -->", "<!-- packages:end -->"}
+    found = []
+    for md in markdown_files():
+        text = md.read_text()
+        generated = text.partition(docs.BEGIN)[2].partition(docs.END)[0]  # schema text, see nnrun/recipe/schema.py
+        text = without_code(text.replace(generated, "")) if generated else without_code(text)
+        for tag in re.findall(r"<!--.*?-->|(?<!\\)</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", text, re.S):
+            if tag not in markers:
+                found.append(f"{md.relative_to(ROOT)}: {tag}")
+    assert not found, "raw HTML (GitHub drops unknown tags; escape as \\<name> or use code):\n" + "\n".join(found)
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -1,8 +1,8 @@
-"""The recipe reference, generated from the schema so it cannot drift.
+"""The recipe reference in `docs/recipe-reference.md`, generated from the schema so it cannot drift.
 
-`python -m nnrun.recipe.reference` prints the markdown that goes between the reference markers of
-`docs/recipe-reference.md`; a test fails when that copy differs (regenerate it with
-`python -m nnrun.recipe.reference --write docs/recipe-reference.md`).
+`python -m nnrun.recipe.reference` prints the markdown between that page's reference markers; a test fails
+when the page's copy differs (regenerate with `python -m nnrun.recipe.reference --write`, from the repository
+root; `--write PATH` splices it into another file).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from nnrun.recipe.schema import Recipe, dataclass_of, describe_range, yaml_key
 
 BEGIN, END = "<!-- recipe-reference:begin -->", "<!-- recipe-reference:end -->"
+PAGE = Path("docs") / "recipe-reference.md"
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -63,16 +64,16 @@ def reference() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def splice(readme: str) -> str:
-    """README text with the reference block replaced by the generated one."""
-    head, _, rest = readme.partition(BEGIN)
+def splice(page: str) -> str:
+    """The text of `docs/recipe-reference.md` with the reference block replaced by the generated one."""
+    head, _, rest = page.partition(BEGIN)
     _, _, tail = rest.partition(END)
     return f"{head}{BEGIN}\n{reference()}{END}{tail}"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        path = Path(sys.argv[2])
+    if len(sys.argv) in (2, 3) and sys.argv[1] == "--write":
+        path = Path(sys.argv[2]) if len(sys.argv) == 3 else PAGE
         path.write_text(splice(path.read_text()))
     else:
         print(reference(), end="")

@@ -301,7 +301,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    tensorboard: bool = opt(True, "Write TensorBoard event files under <run>/tb.")
+    tensorboard: bool = opt(True, "Write TensorBoard event files under `<run>/tb`.")
     every_n_steps: int = opt(50, "Scalar logging interval in optimizer steps (no per-step host sync).",
                              min=1)
     histograms_every: int = opt(0, "Weight and gradient histograms every N steps (0: off).", min=0)
@@ -309,7 +309,7 @@ class LogConfig:
                         choices=("auto", "bar", "plain", "none"))
     refresh_per_second: float = opt(4.0, "Progress redraws per second (throttled).", min=0.0,
                                     min_exclusive=True)
-    run_dir: str = opt("runs", "Parent folder of run directories: <run_dir>/<name>/<timestamp>/.")
+    run_dir: str = opt("runs", "Parent folder of run directories: `<run_dir>/<name>/<timestamp>/`.")
 
 
 @dataclass(frozen=True)

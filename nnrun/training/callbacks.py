@@ -10,25 +10,39 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import torch
 
 from nnrun.checkpoint import CheckpointSaver, save_atomic, weights_finite
 from nnrun.errors import OutputError
 
-if TYPE_CHECKING:
-    from nnrun.training.trainer import Trainer
+
+class Trainer(Protocol):
+    """What a callback may read of the trainer (:class:`nnrun.training.trainer.Trainer`) and call on
+    it; a callback never writes the trainer's attributes and changes the run only by `request_stop`."""
+
+    state: Any                 # TrainState: epoch, batch, step, history, best, events
+    settings: Any              # LoopSettings: total_steps, log_every, eval_every, monitor, mode
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any              # the learning-rate schedule (cycle_end_steps() for snapshots)
+    batch_size: int
+    last_loss: torch.Tensor | None                       # the last step's loss, on the device
+    step_series: list[tuple[int, dict[str, float]]]     # the last log window's per-step values
+    layer_norms: dict[str, torch.Tensor]                 # per-layer gradient norms of the window
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def evaluate_now(self, model: torch.nn.Module | None = None, prefix: str = "val_") -> dict: ...
+
+    def current_lrs(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
 
 
 class Callback:
-    """Hooks the loop calls, each with the trainer.
-
-    A callback reads only these trainer attributes: `state` (a :class:`~nnrun.training.trainer.TrainState`:
-    epoch, batch, step, history, best), `settings` (total_steps, log_every, monitor, mode),
-    `model`, `optimizer`, `schedule`, `batch_size`, `last_loss` (a device tensor), `step_series`
-    (the last log window's per-step values), `layer_norms` (per-layer gradient norms of the window,
-    when `clip.layer_norms_every` asks). It may call `request_stop(reason)`, `evaluate_now()`,
-    `current_lrs()` and `state_dict()`; it never writes the trainer's attributes.
-    """
+    """Hooks the loop calls, each with the :class:`Trainer` view of the loop."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 

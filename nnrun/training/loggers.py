@@ -9,12 +9,9 @@ import importlib
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nnrun.training.callbacks import Callback
-
-if TYPE_CHECKING:
-    from nnrun.training.trainer import Trainer
+from nnrun.training.callbacks import Callback, Trainer
 
 MODULE = "torch.utils.tensorboard"
 

@@ -17,6 +17,7 @@ import torch
 
 from nnrun.components.losses import match_regression
 from nnrun.errors import OutputError
+from nnrun.recipe.schema import Recipe
 from nnrun.tools.diagnostics import activations
 from nnrun.tools.diagnostics import rows as checks
 from nnrun.tools.diagnostics import steps as step_rows

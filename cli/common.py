@@ -21,6 +21,25 @@ def out_console():
     return Console(highlight=False, soft_wrap=True)
 
 
+DEVICES = ("auto", "cpu", "cuda")  # the choices of the recipe's train.device
+
+
+def device_option(help_text: str = "Overrides train.device.", default: str | None = None):
+    """The `--device` option every command that runs a model shares."""
+    return click.option("--device", type=click.Choice(DEVICES), default=default, show_default=default is not None,
+                        help=help_text)
+
+
+def print_notes(console, *, warnings: Sequence[str] = (), notes: Sequence[str] = ()) -> None:
+    """Warnings, then notes, one escaped line each, on the stderr console."""
+    from rich.markup import escape
+
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+    for n in notes:
+        console.print(f"[yellow]note:[/] {escape(n)}", soft_wrap=True)
+
+
 def run_guarded(fn: Callable, *, debug: bool):
     """Call fn; an NnrunError (or a missing file, or Ctrl-C) ends in one message, not a traceback."""
     from rich.markup import escape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import err_console, out_console
+from nnrun.cli.common import device_option, err_console, out_console
 
 
 @click.command("ensemble")
@@ -23,7 +23,7 @@ from nnrun.cli.common import err_console, out_console
 @click.option("--all", "all_checkpoints", is_flag=True, help="Take every checkpoint of each run folder, not only "
               "its best (or its ensemble members).")
 @click.option("--no-ema", is_flag=True, help="Use raw weights even where a checkpoint stores EMA weights.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option("Where the members run.", default="auto")
 def command(paths, top_k, by, mode, greedy, split, data_path, out, export, all_checkpoints, no_ema, device):
     """Average the predictions (or weights) of checkpoints found under PATHS: .pt files, run
     folders, ensemble folders or folders of runs (a search study)."""

@@ -10,7 +10,7 @@ import math
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, print_notes, split_recipe_args
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -31,7 +31,7 @@ BLOCKS = " ▁▂▃▄▅▆▇█"
               help="Output folder (default runs/<name>/lr-find-<timestamp>/).")
 @click.option("--write-recipe", type=click.Path(dir_okay=False),
               help="Write a copy of the recipe with optimizer.lr set to the recommendation.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides train.device.")
+@device_option()
 def command(args, start, end, steps, mode, smooth, diverge, out_dir, write_recipe, device):
     """Learning-rate range test of RECIPE: suggestions by several rules, a plot and a CSV.
 
@@ -167,7 +167,4 @@ def render(console, result) -> None:
     if result.written_recipe is not None:
         table.add_row("recipe written", "", "", escape(str(result.written_recipe)))
     console.print(table)
-    for w in s.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    print_notes(console, warnings=s.warnings, notes=result.notes)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, split_recipe_args
 
 STYLES = {"PASS": "bold green", "WARN": "bold yellow", "FAIL": "bold red", "INFO": "cyan"}
 BARS = "▁▂▃▄▅▆▇█"
@@ -26,7 +26,7 @@ BARS = "▁▂▃▄▅▆▇█"
 @click.option("--out", type=click.Path(file_okay=False),
               help="Output folder for TensorBoard scalars and report.json "
                    "(default runs/<name>/overfit-<timestamp>/).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides train.device.")
+@device_option()
 def command(args, batch_size, examples, steps, json_path, out, device):
     """Can the model memorize one fixed batch? Runs the debugging checklist around it.
 

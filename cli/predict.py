@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import err_console, out_console
+from nnrun.cli.common import device_option, err_console, out_console
 
 
 @click.command("predict")
@@ -13,7 +13,7 @@ from nnrun.cli.common import err_console, out_console
               "instead of the checkpoint's data.path.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write per-example predictions (CSV).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option("Where the model runs.", default="auto")
 def command(checkpoint, data_path, split, out, device):
     """Predict with CHECKPOINT (a .pt file or a run folder) and print metrics when labels exist."""
     from rich.markup import escape

@@ -64,7 +64,8 @@ def options_table(name: str) -> str:
         if not isinstance(opt, click.Option) or opt.hidden:
             continue
         names = ", ".join(f"`{n}`" for n in [*opt.opts, *opt.secondary_opts])
-        rows.append(f"| {_cell(names)} | {_cell(_type(opt))} | {_cell(_default(opt))} | {_cell(_prose(opt.help or ''))} |")
+        cells = [names, _type(opt), _default(opt), _prose(opt.help or "")]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if len(rows) == 2:
         return "No options besides `--help`.\n"
     return "\n".join(rows) + "\n"

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, print_notes, split_recipe_args
 
 
 @click.command("search", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, metavar="[RECIPE] [KEY=VALUE]...")
-@click.option("--space", type=click.Path(dir_okay=False), help="YAML file with the search section (replaces the recipe's).")
-@click.option("--trials", type=click.IntRange(min=1), help="Trials of a search without stages (default search.trials, 20).")
+@click.option("--space", type=click.Path(dir_okay=False),
+              help="YAML file with the search section (replaces the recipe's).")
+@click.option("--trials", type=click.IntRange(min=1),
+              help="Trials of a search without stages (default search.trials, 20).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local worker processes sharing the study.")
 @click.option("--study", help="Study name; processes with the same --study and --storage join it.")
 @click.option("--storage", help="sqlite:///file.db (default: <out>/study.db), journal:/shared/study.log, "
                                 "or a database URL (postgresql+psycopg2://...).")
 @click.option("--sampler", type=click.Choice(["random", "tpe"]), help="Overrides search.sampler (default random).")
-@click.option("--pruner", type=click.Choice(["median", "halving", "none"]), help="Overrides search.pruner (default none).")
-@click.option("--out", type=click.Path(file_okay=False), help="Search folder (default runs/<name>/search-<timestamp>/).")
+@click.option("--pruner", type=click.Choice(["median", "halving", "none"]),
+              help="Overrides search.pruner (default none).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Search folder (default runs/<name>/search-<timestamp>/).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out (default: the newest runs/<name>/search-*).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides train.device in every trial.")
+@device_option("Overrides train.device in every trial.")
 def command(args, space, trials, workers, study, storage, sampler, pruner, out, resume, device):
     """Search hyperparameters of RECIPE with Optuna; each trial is a full training run.
 
@@ -100,8 +104,7 @@ def _report(console, result) -> None:
         from rich.console import Console
 
         Console(stderr=True, highlight=False, width=max(console.width, 220)).print(table)
-    for line in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    print_notes(console, warnings=result.warnings)
     for line in result.worker_failures:
         console.print(f"[red]{escape(line)}[/]", soft_wrap=True)
     if result.best:
@@ -130,6 +133,7 @@ def _table(result):
         epochs = f"{r.epochs:g}" if r.epochs is not None else "-"
         where = escape(Path(r.run_dir).name if r.run_dir else "-") + (f" {escape(r.note)}" if r.note else "")
         cells = [str(r.stage)] if staged else []
-        cells += [str(r.number), r.state, value, epochs, *[escape(format_value(r.params.get(k, "-"))) for k in keys], where]
+        params = [escape(format_value(r.params.get(k, "-"))) for k in keys]
+        cells += [str(r.number), r.state, value, epochs, *params, where]
         table.add_row(*cells, style="bold" if r is result.best else None)
     return table

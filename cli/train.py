@@ -6,14 +6,14 @@ import sys
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, split_recipe_args
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, metavar="[RECIPE] [KEY=VALUE]...")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<name>/<timestamp>/).")
 @click.option("--resume", "resume", type=click.Path(), help="Checkpoint or run folder to continue exactly.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides train.device.")
+@device_option()
 def command(args, run_dir, resume, device):
     """Train RECIPE (a .yaml file or a shipped recipe name) with dotted overrides.
 
@@ -36,7 +36,15 @@ def command(args, run_dir, resume, device):
     progress = make_progress(recipe.log.progress, console, recipe.log.refresh_per_second)
     console.print(f"[bold]nnrun train[/] {recipe.name}: {recipe.model.arch} on {recipe.data.source}, "
                   f"{recipe.optimizer.name} lr={recipe.optimizer.lr:g}, {recipe.train.epochs:g} epochs")
-    result = run(recipe, notes=lambda lines: [console.print(f"  {escape(n)}") for n in lines], run_dir=Path(run_dir) if run_dir else None, resume=resume, device=device,
+    def show_notes(lines: list[str]) -> None:
+        for line in lines:
+            console.print(f"  {escape(line)}")
+
+    result = run(recipe,
+                 notes=show_notes,
+                 run_dir=Path(run_dir) if run_dir else None,
+                 resume=resume,
+                 device=device,
                  callbacks=[progress] if progress else [])
     _summary(console, result)
     out_console().print(str(result.best_checkpoint or result.last_checkpoint or result.run_dir))

@@ -7,9 +7,10 @@ exits with code 2; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 
@@ -73,6 +74,20 @@ class CheckpointError(NnrunError):
 
 class OutputError(NnrunError):
     """A folder or file nnrun must write that it cannot."""
+
+
+@contextlib.contextmanager
+def writing(what: str, *, hint: str) -> Iterator[None]:
+    """Turn an OSError raised while writing into one :class:`OutputError`.
+
+    Args:
+        what: the thing being written, with its path (`the run folder runs/q/1`).
+        hint: how to fix it (`choose a writable folder with --run-dir`).
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {what}: {exc.strerror or exc}", hint=hint) from exc
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -19,7 +19,7 @@ from nnrun.components.metrics import Accumulator
 from nnrun.components.models import build_model
 from nnrun.data import make_batches
 from nnrun.data.splits import DataBundle, Split
-from nnrun.errors import CheckpointError, DataError, OutputError
+from nnrun.errors import CheckpointError, DataError, writing
 from nnrun.recipe import from_dict
 from nnrun.recipe.schema import Recipe
 
@@ -99,7 +99,7 @@ def write_predictions(path: str | Path, outputs: torch.Tensor, targets: torch.Te
         predictions: the predicted classes when they are not the argmax (an ensemble's vote).
     """
     path = Path(path)
-    try:
+    with writing(f"predictions {path}", hint="choose a writable path with --out"):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -117,7 +117,4 @@ def write_predictions(path: str | Path, outputs: torch.Tensor, targets: torch.Te
                                  *[f"prediction_{j}" for j in range(len(flat[0]))]])
                 for i, (t, p) in enumerate(zip(tflat, flat)):
                     writer.writerow([i, *t, *[f"{v:.6g}" for v in p]])
-    except OSError as exc:
-        raise OutputError(f"cannot write predictions to {path}: {exc.strerror}",
-                          hint="choose a writable path with --out") from exc
     return path

@@ -249,7 +249,8 @@ def _stage_problems(stages: Any) -> list[Problem]:
             out.append(Problem(path + ("epochs",), f"needs a number > 0, got `{epochs}`"))
         keep = stage.get("keep_top")
         if keep is not None and i == 0:
-            out.append(Problem(path + ("keep_top",), "the first stage has no previous stage to narrow around; remove it"))
+            out.append(Problem(path + ("keep_top",), "the first stage has no previous stage to narrow around; "
+                                                     "remove it"))
         elif keep is not None and (not _is_number(keep) or not 0 < keep <= 1):
             out.append(Problem(path + ("keep_top",), f"needs a fraction in (0, 1], got `{keep}`"))
     return out
@@ -262,7 +263,8 @@ def _option_problems(search: dict, recipe) -> list[Problem]:
         out.append(Problem(("search", "trials"), f"needs an integer >= 1, got `{trials}`"))
     if search.get("sampler", "random") not in SAMPLERS:
         s = search.get("sampler")
-        out.append(Problem(("search", "sampler"), f"got `{s}`; allowed: {', '.join(SAMPLERS)}{did_you_mean(str(s), SAMPLERS)}"))
+        out.append(Problem(("search", "sampler"), f"got `{s}`; allowed: {', '.join(SAMPLERS)}"
+                                                  f"{did_you_mean(str(s), SAMPLERS)}"))
     out += _pruner_problems(search.get("pruner", "none"))
     metric = search.get("metric")
     if metric is not None:

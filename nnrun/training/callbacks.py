@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from nnrun.checkpoint import CheckpointSaver, save_atomic, weights_finite
-from nnrun.errors import OutputError
+from nnrun.errors import writing
 
 
 class Trainer(Protocol):
@@ -72,11 +72,8 @@ class MetricsFile(Callback):
         self.path = Path(path)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        try:
+        with writing(str(self.path), hint="choose a writable folder with --run-dir"):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}",
-                              hint="choose a writable folder with --run-dir") from exc
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
         with self.path.open("a") as f:

@@ -95,7 +95,7 @@ class Clipper:
             # One global scale: the norm after it is min(before, bound), no second pass needed.
             bound = self.cfg.max_norm if policy == "global_norm" else self._autoclip_threshold(before)
             _scale(grads, before, bound)
-            after = torch.clamp(before, max=float(bound)) if not torch.is_tensor(bound) else torch.minimum(before, bound)
+            after = torch.minimum(before, bound) if torch.is_tensor(bound) else torch.clamp(before, max=float(bound))
             return ClipResult(before, after, before > bound)
         if policy == "per_param_norm":
             self._per_param()

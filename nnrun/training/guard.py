@@ -170,7 +170,8 @@ class NonFinite:
         if not self.loss_finite:
             return "the loss became non-finite with finite model outputs (check the targets and the loss)"
         if self.gradient:
-            return f"backward: the gradient at the output of {self.gradient} ({self.gradient_kind}) became non-finite first"
+            return (f"backward: the gradient at the output of {self.gradient} ({self.gradient_kind}) became "
+                    "non-finite first")
         if self.params:
             return f"backward: the gradient of parameter {self.params[-1]} became non-finite"
         return "not reproduced on replay (weights before the step are finite; dropout draws differ)"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnrun.build import build, monitor_of
-from nnrun.errors import CheckpointError, OutputError
+from nnrun.errors import CheckpointError, writing
 from nnrun.recipe import dump
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import metric_info, split_seed
@@ -51,12 +51,9 @@ class TrainResult:
 
 def prepare_run_dir(path: Path, recipe: Recipe) -> Path:
     """Create the run folder and write the resolved recipe, or explain why it cannot."""
-    try:
+    with writing(f"the run folder {path}", hint="choose a writable folder with --run-dir or log.run_dir=..."):
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (path / "recipe.yaml").write_text(dump(recipe))
-    except OSError as exc:
-        raise OutputError(f"cannot write the run folder {path}: {exc.strerror}",
-                          hint="choose a writable folder with --run-dir or log.run_dir=...") from exc
     return path
 
 

@@ -17,13 +17,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nnrun._version import __version__
-from nnrun.checkpoint import FORMAT, FORMAT_VERSION, capture_rng, restore_rng
 from nnrun.components.freeze import apply_freeze, set_train_mode
 from nnrun.components.metrics import evaluate
 from nnrun.components.optim import get_momentum, group_names, set_momentum
@@ -31,40 +28,11 @@ from nnrun.training.averaging import WeightAverage
 from nnrun.training.callbacks import Callback
 from nnrun.training.guard import NonFinitePolicy
 from nnrun.training.series import StepSeries
+from nnrun.training.state import LoopSettings, TrainState, apply_payload, make_payload
 from nnrun.training.stepper import StepOutput, make_stepper
 
 if TYPE_CHECKING:
     from nnrun.build import Components
-
-
-@dataclass
-class TrainState:
-    """Where the run is. `batch` is the next batch of epoch `epoch` (0-based)."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    history: list[dict] = field(default_factory=list)
-    best: dict | None = None
-    bad_evals: int = 0
-    epoch_loss_sum: torch.Tensor | None = None
-    epoch_examples: int = 0
-    stop_reason: str | None = None
-    lr_scale: float = 1.0     # cut by each non-finite rollback
-    rollbacks: int = 0
-    events: list[str] = field(default_factory=list)  # warnings a person should see
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The loop's knobs, resolved from the recipe by the workflow."""
-
-    total_steps: int
-    log_every: int
-    eval_every: int
-    monitor: str
-    mode: str
-    patience: int | None
 
 
 class Trainer:
@@ -363,39 +331,9 @@ class Trainer:
     # -- checkpoint payload --------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to resume exactly, as tensors and primitives (weights_only-safe)."""
-        s, c = self.state, self.components
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(), "stepper": self.stepper.state_dict(),
-            "scaler": self.stepper.state_dict()["scaler"],
-            "ema": self.averager.state_dict() if self.averager else None,
-            "lr_scale": s.lr_scale, "rollbacks": s.rollbacks,
-            "rng": capture_rng(),
-            "epoch": s.epoch, "batch": s.batch, "step": s.step,
-            "epoch_loss_sum": None if s.epoch_loss_sum is None else s.epoch_loss_sum.detach().cpu(),
-            "epoch_examples": s.epoch_examples,
-            "history": list(s.history), "best": s.best, "bad_evals": s.bad_evals,
-            "metrics": s.history[-1] if s.history else {},
-            "monitor": self.settings.monitor, "mode": self.settings.mode,
-            "normalization": c.normalizer, "data": c.data_info(),
-            "recipe": c.recipe_dict(),
-        }
+        return make_payload(self)
 
     def load_state_dict(self, payload: dict) -> None:
         """Continue from a checkpoint written by :meth:`state_dict`."""
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        self.stepper.load_state_dict(payload.get("stepper"))
-        if self.averager is not None and payload.get("ema"):
-            self.averager.load_state_dict(payload["ema"])
-        s = self.state
-        s.lr_scale, s.rollbacks = payload.get("lr_scale", 1.0), payload.get("rollbacks", 0)
+        apply_payload(self, payload)
         self._applied = None  # the optimizer's groups came from the file: write the rates again
-        s.epoch, s.batch, s.step = payload["epoch"], payload["batch"], payload["step"]
-        s.history, s.best, s.bad_evals = list(payload["history"]), payload["best"], payload["bad_evals"]
-        loss_sum = payload["epoch_loss_sum"]
-        s.epoch_loss_sum = None if loss_sum is None else loss_sum.to(self.components.device)
-        s.epoch_examples = payload["epoch_examples"]
-        restore_rng(payload["rng"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nnrun import recipe as recipe_io
 from nnrun.build import build
-from nnrun.errors import OutputError
+from nnrun.errors import writing
 from nnrun.recipe.schema import Recipe
 from nnrun.runtime import is_main_process, recipe_threads, resolve_device
 from nnrun.tools.lr_find import RULES, Curve, RangeTestSettings, Suggestions, range_test, suggest
@@ -65,12 +65,10 @@ def with_lr(recipe: Recipe, suggestions: Suggestions) -> Recipe:
 def write_recipe(recipe: Recipe, suggestions: Suggestions, path: Path) -> Path:
     """Write the recipe with the recommended rate, then load it back so it is known to validate."""
     path = Path(path)
-    try:
+    with writing(str(path), hint="choose a writable path"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# written by `nnrun lr-find`: optimizer.lr = {suggestions.lr:g} "
                         f"({suggestions.recommended} rule)\n" + recipe_io.dump(with_lr(recipe, suggestions)))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}", hint="choose a writable path") from exc
     recipe_io.load(path)
     return path
 
@@ -136,15 +134,12 @@ def plot(curve: Curve, s: Suggestions, path: Path) -> bool:
 def write_outputs(result: LrFindResult) -> None:
     """CSV, TensorBoard scalars, JSON summary, the tested recipe, and the plot (when possible)."""
     out = result.out_dir
-    try:
+    with writing(f"the lr-find folder {out}", hint="choose a writable folder with --out"):
         out.mkdir(parents=True, exist_ok=True)
         files = {"csv": out / "lr_find.csv", "json": out / "lr_find.json", "recipe": out / "recipe.yaml"}
         _write_csv(result.curve, files["csv"])
         files["json"].write_text(json.dumps(_summary_json(result.curve, result.suggestions), indent=1))
         files["recipe"].write_text(recipe_io.dump(result.recipe))
-    except OSError as exc:
-        raise OutputError(f"cannot write the lr-find folder {out}: {exc.strerror}",
-                          hint="choose a writable folder with --out") from exc
     if result.recipe.log.tensorboard:
         files["tb"] = out / "tb"
         _write_tensorboard(result.curve, result.suggestions, files["tb"])

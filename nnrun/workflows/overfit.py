@@ -20,7 +20,7 @@ import torch
 
 from nnrun.build import build
 from nnrun.components.freeze import apply_freeze, set_train_mode
-from nnrun.errors import OutputError
+from nnrun.errors import writing
 from nnrun.recipe.schema import Recipe
 from nnrun.runtime import is_main_process, recipe_threads, resolve_device
 from nnrun.tools.diagnostics.activations import checks_at_init, first_line, probe_forward
@@ -152,11 +152,8 @@ def run_setup(s: OverfitSetup, *, steps: int = DEFAULT_STEPS, out: Path | str | 
 
 
 def _prepare_out(path: Path) -> None:
-    try:
+    with writing(f"the output folder {path}", hint="choose a writable folder with --out or log.run_dir=..."):
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write the output folder {path}: {exc.strerror}",
-                          hint="choose a writable folder with --out or log.run_dir=...") from exc
 
 
 # -- the training loop ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from nnrun.build import build
 from nnrun.components.optim import get_momentum, group_names
-from nnrun.errors import NnrunError, OutputError
+from nnrun.errors import NnrunError, writing
 from nnrun.recipe.schema import Recipe
 
 
@@ -76,10 +76,9 @@ def plot(result: SchedulePreview, path: str | Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}", hint="choose a writable --out path") from exc
+        with writing(str(path), hint="choose a writable --out path"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
     return path

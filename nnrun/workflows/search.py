@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nnrun import recipe as recipe_io
-from nnrun.errors import NnrunError, OutputError, RecipeError
+from nnrun.errors import NnrunError, RecipeError, writing
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.search import SearchSpec
 from nnrun.tools.search import study as studies
@@ -106,14 +106,11 @@ def stored_recipe(out: Path, overrides=()) -> Recipe:
 
 
 def _prepare_out(out: Path, recipe: Recipe, meta: dict) -> None:
-    try:
+    with writing(f"the search folder {out}", hint="choose a writable folder with --out"):
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_io.dump(recipe))
         if not (out / "search.json").is_file():
             (out / "search.json").write_text(json.dumps(meta, indent=1) + "\n")
-    except OSError as exc:
-        raise OutputError(f"cannot write the search folder {out}: {exc.strerror}",
-                          hint="choose a writable folder with --out") from exc
 
 
 def _check_same_space(storage, plan: WorkerPlan) -> bool:
@@ -197,7 +194,8 @@ def _run_processes(plan: WorkerPlan, workers: int, monitor: Monitor, offset: int
     """Spawn `workers` processes (fresh interpreters: no forked torch or SQLite state) and report
     their trials while they run."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(plan, offset + i), name=f"nnrun-search-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=_worker_main, args=(plan, offset + i), name=f"nnrun-search-{i}")
+             for i in range(workers)]
     for p in procs:
         p.start()
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nnrun.components.losses import match_regression
-from nnrun.errors import OutputError
+from nnrun.errors import writing
 from nnrun.recipe.schema import Recipe
 from nnrun.tools.diagnostics import activations
 from nnrun.tools.diagnostics import rows as checks
@@ -82,12 +82,9 @@ class OverfitResult:
     def write_json(self, path: str | Path) -> Path:
         """Write the machine-readable report (verdict, every check's name/status/evidence)."""
         path = Path(path)
-        try:
+        with writing(f"the report {path}", hint="choose a writable path with --json"):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(strict_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
-        except OSError as exc:
-            raise OutputError(f"cannot write the report {path}: {exc.strerror}",
-                              hint="choose a writable path with --json") from exc
         return path
 
 

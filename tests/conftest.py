@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny, fast recipes on the built-in digits data."""
+"""Shared fixtures: tiny, fast recipes on the built-in digits data, the CLI, and a training helper."""
 
 from __future__ import annotations
 
@@ -47,3 +47,31 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def cli():
+    """Run the real `nnrun` command line in-process: `cli("train", path, "k=v")` -> click Result
+    (exit_code, stdout, stderr separately; exceptions other than SystemExit propagate)."""
+    from click.testing import CliRunner
+
+    from nnrun.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def train_tiny(tiny_recipe: Path, tmp_path: Path):
+    """Train the tiny recipe with overrides into `tmp_path/<name>` (no signal handlers, no TensorBoard):
+    `train_tiny(["train.epochs=3"], name="a", **run_kwargs)` -> TrainResult."""
+    from nnrun import recipe as recipe_io
+    from nnrun.workflows import train as train_wf
+
+    def train(overrides=(), name: str = "run", **kw):
+        r = recipe_io.load(tiny_recipe, ["log.tensorboard=false", *overrides])
+        return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
+
+    return train

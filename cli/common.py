@@ -41,23 +41,29 @@ def print_notes(console, *, warnings: Sequence[str] = (), notes: Sequence[str] =
 
 
 def run_guarded(fn: Callable, *, debug: bool):
-    """Call fn; an NnrunError (or a missing file, or Ctrl-C) ends in one message, not a traceback."""
+    """Call fn; an NnrunError (or a missing file, or a signal) ends in one message, not a traceback.
+
+    SIGINT and SIGTERM end the command from its very start with exit code 130 or 143; a training run
+    replaces that with a stop at the next step that saves first (see :mod:`nnrun.signals`)."""
     from rich.markup import escape
 
     from nnrun.errors import NnrunError
+    from nnrun.signals import Stopped, abort_on_signals
 
     try:
-        return fn()
+        with abort_on_signals():
+            return fn()
     except NnrunError as exc:
         if debug:
             raise
         err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as exc:
         if debug:
             raise
-        err_console().print("[yellow]aborted[/]")
-        sys.exit(130)
+        name = exc.name if isinstance(exc, Stopped) else "SIGINT"
+        err_console().print(f"[yellow]aborted[/] ({name})")
+        sys.exit(exc.exit_code if isinstance(exc, Stopped) else 130)
 
 
 def split_recipe_args(args: Sequence[str], *, required: bool = True) -> tuple[str | None, list[str]]:

@@ -9,6 +9,7 @@ data facts, the resolved recipe).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 
 from nnrun._version import __version__
@@ -46,7 +47,8 @@ class LoopSettings:
 
 
 def make_payload(trainer) -> dict:
-    """Everything needed to resume a :class:`~nnrun.training.trainer.Trainer` exactly, as tensors and primitives (weights_only-safe)."""
+    """Everything needed to resume a :class:`~nnrun.training.trainer.Trainer` exactly, as tensors and
+    primitives (weights_only-safe)."""
     s, c = trainer.state, trainer.components
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,

@@ -9,12 +9,10 @@ every RNG state, so `--resume` continues bit-identically.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnrun import checkpoint
+from nnrun import checkpoint, signals
 from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
 from nnrun.runtime import recipe_threads
@@ -32,26 +30,10 @@ def new_run_dir(recipe: Recipe) -> Path:
     return fresh_dir(recipe.log.run_dir, recipe.name)
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer) -> Iterator[dict]:
-    """SIGINT/SIGTERM ask the trainer to stop at the next step; a second SIGINT aborts."""
-    caught: dict = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-
-    def handler(signum, frame):
-        if caught:
-            raise KeyboardInterrupt
-        caught["signal"] = signal.Signals(signum).name
-        trainer.request_stop(INTERRUPTED)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield caught
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def stop_on_signals(trainer: Trainer) -> contextlib.AbstractContextManager[dict]:
+    """SIGINT/SIGTERM ask the trainer to stop at the next step (it saves `last.pt`); a second one
+    aborts with the first one's exit code (:func:`nnrun.signals.stop_on_signals`)."""
+    return signals.stop_on_signals(lambda name: trainer.request_stop(INTERRUPTED))
 
 
 @recipe_threads

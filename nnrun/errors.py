@@ -87,7 +87,9 @@ def writing(what: str, *, hint: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise OutputError(f"cannot write {what}: {exc.strerror or exc}", hint=hint) from exc
+        where = exc.filename if exc.filename and not str(exc.filename).endswith(".tmp") else None
+        detail = f" ({where})" if where is not None and str(where) not in what else ""
+        raise OutputError(f"cannot write {what}: {exc.strerror or exc}{detail}", hint=hint) from exc
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -14,8 +14,10 @@ from nnrun.errors import CheckpointError, OutputError
 
 
 def payload(**extra):
+    """The smallest payload `checkpoint.load` accepts for prediction."""
     return {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION, "w": torch.arange(4.0),
-            **extra}
+            "model": {"w": torch.arange(4.0)}, "recipe": {}, "normalization": {}, "epoch": 0, "step": 0,
+            "data": {"task": "classification", "num_outputs": 2, "input_shape": [4]}, **extra}
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -77,4 +79,5 @@ def test_top_k_keeps_the_best_by_mode_and_indexes_them(tmp_path):
     index = json.loads((tmp_path / "index.json").read_text())
     assert [e["value"] for e in index["top_k"]] == [0.3, 0.5]
     again = checkpoint.CheckpointSaver(tmp_path, monitor="val_loss", mode="min", top_k=2)
+    again.reconcile(upto_step=40)
     assert again.best()["file"] == "epoch004-val_loss=0.3000.pt"  # survives a resume

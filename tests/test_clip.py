@@ -238,7 +238,7 @@ def test_saver_never_rotates_in_nonfinite_weights(tmp_path):
     saver.save_last(good)
     assert saver.save_ranked(bad, epoch=2, step=2, value=0.9) is None
     assert saver.save_last(bad).name == "nonfinite-step2.pt"
-    assert checkpoint.weights_finite(checkpoint.load(tmp_path / "last.pt"))
+    assert checkpoint.weights_finite(torch.load(tmp_path / "last.pt", weights_only=True))
 
 
 def test_guard_warns_on_a_gradient_norm_spike():

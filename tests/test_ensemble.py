@@ -90,11 +90,17 @@ def test_discovery_from_files_run_folder_and_study(runs):
     assert all(c.path.name != "last.pt" for c in every)
     files = [seed0 / "checkpoints" / "last.pt", seed0 / "checkpoints" / index["top_k"][1]["file"]]
     assert [c.path for c in ens.discover(files)] == files  # explicit files always count
-    # A strategy member (a .pt neither last.pt nor in index.json) makes a run contribute its members.
+    # A strategy member (a .pt under checkpoints/members/) makes a run contribute its members.
     copy = runs["root"] / "snap"
     shutil.copytree(seed0, copy)
-    shutil.copy(copy / "checkpoints" / "last.pt", copy / "checkpoints" / "snapshot-01.pt")
+    (copy / "checkpoints" / "members").mkdir()
+    shutil.copy(copy / "checkpoints" / "last.pt", copy / "checkpoints" / "members" / "snapshot-01.pt")
     assert [c.path.name for c in ens.discover([copy])] == ["snapshot-01.pt"]
+    # A top-k file the index does not list (a crash between save and index update, probe D12) is not a member.
+    orphan = runs["root"] / "orphan"
+    shutil.copytree(seed0, orphan)
+    shutil.copy(orphan / "checkpoints" / "last.pt", orphan / "checkpoints" / "epoch009-val_acc=0.5000.pt")
+    assert [c.path.name for c in ens.discover([orphan])] == [index["top_k"][0]["file"]]
     (runs["root"] / "empty").mkdir(exist_ok=True)
     with pytest.raises(ens.CheckpointError, match="no checkpoint"):
         ens.discover([runs["root"] / "empty"])

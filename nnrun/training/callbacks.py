@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +15,7 @@ import torch
 
 from nnrun.checkpoint import CheckpointSaver, save_atomic, weights_finite
 from nnrun.errors import writing
+from nnrun.files import crash_point, dumps, write_text_atomic
 
 
 class Trainer(Protocol):
@@ -60,35 +60,53 @@ class Callback:
 
     def on_fit_end(self, trainer: Trainer, reason: str) -> None: ...
 
+    def close(self) -> None:
+        """Release files and threads, whether or not the fit ended normally (called once after it)."""
+
 
 class MetricsFile(Callback):
-    """One JSON object per evaluation in `metrics.jsonl`.
+    """One strict-JSON object per evaluation in `metrics.jsonl` (non-finite values as `null`).
 
     On start (a resume included) the file is rewritten from the history held in the state, so
     it always agrees with the checkpoint the run continues from.
     """
 
+    HINT = "free space or choose a writable folder with --run-dir"
+
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        with writing(str(self.path), hint="choose a writable folder with --run-dir"):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history))
+        write_text_atomic(self.path, "".join(dumps(r) + "\n" for r in trainer.state.history), what=str(self.path),
+                          hint=self.HINT)
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        with writing(str(self.path), hint=self.HINT), self.path.open("a") as f:
+            f.write(dumps(record) + "\n")
 
 
 class Checkpointing(Callback):
     """`last.pt` after every evaluation and at the end (stop or interrupt, mid-epoch included),
-    plus the best `save_top_k` by the monitor, named `epoch012-val_acc=0.9812.pt`."""
+    plus the best `save_top_k` by the monitor, named `epoch012-val_acc=0.9812.pt`.
 
-    def __init__(self, folder: Path, *, monitor: str, mode: str, top_k: int):
+    On a resume the folder is first reconciled with its index (:meth:`CheckpointSaver.reconcile`).
+    """
+
+    def __init__(self, folder: Path, *, monitor: str, mode: str, top_k: int, resumed_from: Path | None = None):
         self.saver = CheckpointSaver(folder, monitor=monitor, mode=mode, top_k=top_k)
+        self.saver.last_path = resumed_from
         self.last_path: Path | None = None
         self.diagnostic_path: Path | None = None
         self._saved_step = -1
+
+    @property
+    def last_complete(self) -> Path | None:
+        """The newest checkpoint with finite weights that is complete on disk (written or resumed from)."""
+        return self.saver.last_path
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.state.step > 0:
+            self.saver.reconcile(upto_step=trainer.state.step)
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
         payload = trainer.state_dict()
@@ -96,6 +114,7 @@ class Checkpointing(Callback):
         epoch = math.ceil(record["epoch"])  # a fractional last epoch counts as the epoch it ends in
         self.saver.save_ranked(payload, epoch=epoch, step=trainer.state.step,
                                value=record.get(self.saver.monitor), finite=finite)
+        crash_point("checkpoint:before-last")
         self.last_path = self.saver.save_last(payload, finite=finite)
         self._saved_step = trainer.state.step
 

@@ -11,9 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nnrun.errors import writing
 from nnrun.training.callbacks import Callback, Trainer
 
 MODULE = "torch.utils.tensorboard"
+HINT = "free space or choose a writable folder (log.tensorboard: false turns TensorBoard off)"
 
 
 def preload() -> None:
@@ -35,14 +37,26 @@ class TensorBoard(Callback):
     def __init__(self, folder: Path, *, histograms_every: int = 0):
         self.folder, self.histograms_every = Path(folder), histograms_every
         self.writer = None
+        self._hook = None
+
+    def _writing(self):
+        """A failed write (full disk, read-only, `tb` blocked by a file) becomes one OutputError; the
+        writer thread's own copy of the error is not printed (:func:`_quiet_writer_thread`)."""
+        return writing(f"TensorBoard events in {self.folder}", hint=HINT)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         step = trainer.state.step
-        self.writer = SummaryWriter(str(self.folder), purge_step=step if step > 0 else None)
+        self._hook, threading.excepthook = threading.excepthook, _quiet_writer_thread(threading.excepthook)
+        with self._writing():
+            self.writer = SummaryWriter(str(self.folder), purge_step=step if step > 0 else None)
 
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        with self._writing():
+            self._log(trainer, logs)
+
+    def _log(self, trainer: Trainer, logs: dict[str, float]) -> None:
         step = trainer.state.step
         per_step = {name for _, values in trainer.step_series for name in values}
         for name, value in logs.items():
@@ -58,16 +72,25 @@ class TensorBoard(Callback):
             self.writer.add_scalar(f"grad_norm/layer/{name}", float(norm), step)
 
     def on_event(self, trainer: Trainer, message: str) -> None:
-        self.writer.add_text("events", message, trainer.state.step)
+        with self._writing():
+            self.writer.add_text("events", message, trainer.state.step)
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.histograms_every and trainer.state.step % self.histograms_every == 0:
-            for name, p in trainer.model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", p.detach().cpu(), trainer.state.step)
-                if p.grad is not None:
-                    self.writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), trainer.state.step)
+            with self._writing():
+                self._histograms(trainer)
+
+    def _histograms(self, trainer: Trainer) -> None:
+        for name, p in trainer.model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", p.detach().cpu(), trainer.state.step)
+            if p.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), trainer.state.step)
 
     def on_eval_end(self, trainer: Trainer, record: dict) -> None:
+        with self._writing():
+            self._record(trainer, record)
+
+    def _record(self, trainer: Trainer, record: dict) -> None:
         for key, value in record.items():
             if value is None:
                 continue
@@ -81,8 +104,34 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer, reason: str) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            if self.writer is not None:
+                with self._writing():
+                    self.writer.close()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the writer thread and restore the excepthook, also after a failed run (errors ignored:
+        the run's own error is the one to report)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+        if self._hook is not None:
+            threading.excepthook, self._hook = self._hook, None
+
+
+def _quiet_writer_thread(previous):
+    """An excepthook that leaves out TensorBoard's writer thread: its error is raised again in the
+    main thread at the next write, where it becomes one message instead of a second traceback."""
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+    return hook
 
 
 def write_curve(folder: Path, scalars: dict[str, list[float]], single: dict[str, float] | None = None) -> None:
@@ -90,12 +139,16 @@ def write_curve(folder: Path, scalars: dict[str, list[float]], single: dict[str,
     plus single values at step 0."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(folder))
+    with writing(f"TensorBoard events in {folder}", hint=HINT):
+        _write_curve(SummaryWriter(str(folder)), scalars, single or {})
+
+
+def _write_curve(writer, scalars: dict[str, list[float]], single: dict[str, float]) -> None:
     try:
         for name, values in scalars.items():
             for i, v in enumerate(values):
                 writer.add_scalar(name, v, i)
-        for name, v in (single or {}).items():
+        for name, v in single.items():
             writer.add_scalar(name, v, 0)
     finally:
         writer.close()
@@ -106,8 +159,9 @@ def write_hparams(folder: Path, run_name: str, values: dict[str, Any], metrics: 
     from torch.utils.tensorboard import SummaryWriter
 
     hp = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
-    writer = SummaryWriter(str(folder))
-    try:
-        writer.add_hparams(hp, metrics, run_name=run_name)
-    finally:
-        writer.close()
+    with writing(f"TensorBoard events in {folder}", hint=HINT):
+        writer = SummaryWriter(str(folder))
+        try:
+            writer.add_hparams(hp, metrics, run_name=run_name)
+        finally:
+            writer.close()

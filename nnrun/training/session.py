@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnrun.build import build, monitor_of
-from nnrun.errors import CheckpointError, writing
+from nnrun.errors import CheckpointError, OutputError, writing
+from nnrun.files import write_text_atomic
 from nnrun.recipe import dump
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import metric_info, split_seed
 from nnrun.runtime import is_main_process, resolve_device
-from nnrun.training import loggers
+from nnrun.training import loggers, run_folder
 from nnrun.training.callbacks import Callback, Checkpointing, EnsembleMembers, MetricsFile
 from nnrun.training.trainer import LoopSettings, Trainer
 
@@ -50,17 +51,20 @@ class TrainResult:
 
 
 def prepare_run_dir(path: Path, recipe: Recipe) -> Path:
-    """Create the run folder and write the resolved recipe, or explain why it cannot."""
+    """Write the resolved recipe and the checkpoints folder, or explain why it cannot."""
     with writing(f"the run folder {path}", hint="choose a writable folder with --run-dir or log.run_dir=..."):
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (path / "recipe.yaml").write_text(dump(recipe))
+    write_text_atomic(path / "recipe.yaml", dump(recipe), what=f"the run folder {path}",
+                      hint="choose a writable folder with --run-dir or log.run_dir=...")
     return path
 
 
-def file_writers(run_dir: Path, recipe: Recipe, *, monitor: str, mode: str) -> tuple[list[Callback], Checkpointing]:
+def file_writers(run_dir: Path, recipe: Recipe, *, monitor: str, mode: str,
+                 resumed_from: Path | None = None) -> tuple[list[Callback], Checkpointing]:
     """The callbacks that write the run folder (main process only) and the checkpoint saver among them."""
     prepare_run_dir(run_dir, recipe)
-    saver = Checkpointing(run_dir / "checkpoints", monitor=monitor, mode=mode, top_k=recipe.train.save_top_k)
+    saver = Checkpointing(run_dir / "checkpoints", monitor=monitor, mode=mode, top_k=recipe.train.save_top_k,
+                          resumed_from=resumed_from)
     writers: list[Callback] = [MetricsFile(run_dir / "metrics.jsonl"), saver]
     if recipe.ensemble.strategy in ("checkpoints", "snapshots"):
         writers.append(EnsembleMembers(run_dir / "checkpoints" / "members", strategy=recipe.ensemble.strategy,
@@ -72,6 +76,9 @@ def file_writers(run_dir: Path, recipe: Recipe, *, monitor: str, mode: str) -> t
 
 class Session:
     """A built run ready to fit: the trainer with its callbacks, and where its files go.
+
+    The main process claims the run folder for the session's lifetime (:mod:`.run_folder`): a
+    folder that holds another run is refused unless this is a resume.
 
     Args:
         recipe: a validated recipe.
@@ -86,9 +93,17 @@ class Session:
     def __init__(self, recipe: Recipe, *, run_dir: Path, payload: dict | None = None, device: str | None = None,
                  callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
                  notes: Callable[[list[str]], None] | None = None):
+        self.run_dir, self.saver, self.trainer = run_dir, None, None
+        self.lock = run_folder.claim(run_dir, resume=payload is not None) if is_main_process() else None
+        try:
+            self._build(recipe, payload, device, callbacks, base_dir, notes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, recipe, payload, device, callbacks, base_dir, notes) -> None:
         if recipe.log.tensorboard and is_main_process():
             loggers.preload()
-        self.run_dir = run_dir
         c = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir,
                   normalizer=payload["normalization"] if payload else None)
         self.monitor, mode = monitor_of(recipe, c.data.task)
@@ -97,16 +112,33 @@ class Session:
         settings = LoopSettings(total_steps=c.total_steps, log_every=recipe.log.every_n_steps,
                                 eval_every=recipe.train.eval_every, monitor=self.monitor, mode=mode,
                                 patience=recipe.train.patience)
-        writers, self.saver = file_writers(run_dir, recipe, monitor=self.monitor, mode=mode) \
-            if is_main_process() else ([], None)
-        self.trainer = Trainer(c, settings, [*callbacks, *writers])
+        writers: list[Callback] = []
+        if is_main_process():
+            writers, self.saver = file_writers(self.run_dir, recipe, monitor=self.monitor, mode=mode,
+                                               resumed_from=Path(payload["path"]) if payload else None)
+        self.trainer: Trainer | None = Trainer(c, settings, [*callbacks, *writers])
         if payload is not None:
             _load_for_resume(self.trainer, payload)
 
+    def close(self) -> None:
+        """Close the callbacks' files and threads and give up the claim on the run folder."""
+        for cb in self.trainer.callbacks if self.trainer is not None else []:
+            cb.close()
+        if self.lock is not None:
+            self.lock.release()
+
     def fit(self) -> TrainResult:
-        """Train to the end (or the stop) and say what was produced."""
+        """Train to the end (or the stop) and say what was produced. A write failure (full disk,
+        read-only folder) ends the run with one message that names the last complete checkpoint."""
         start = time.perf_counter()
-        state = self.trainer.fit()
+        try:
+            state = self.trainer.fit()
+        except OutputError as exc:
+            last = self.saver.last_complete if self.saver else None
+            raise OutputError(f"{exc.message} (last complete checkpoint: {last or 'none yet'})",
+                              hint=exc.hint) from exc
+        finally:
+            self.close()
         saver = self.saver
         return TrainResult(run_dir=self.run_dir, monitor=self.monitor, best=state.best,
                            best_checkpoint=saver.best_path if saver else None,

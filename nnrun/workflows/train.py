@@ -17,6 +17,7 @@ from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
 from nnrun.runtime import recipe_threads
 from nnrun.training.callbacks import Callback
+from nnrun.training.run_folder import discard_if_unused
 from nnrun.training.session import TrainResult, seed_member, train_recipe
 from nnrun.training.trainer import Trainer
 from nnrun.workflows._folders import fresh_dir
@@ -53,12 +54,18 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         handle_signals: install the Ctrl-C / SIGTERM handlers (main thread only).
         notes: called with the build's notes (parameter groups, init.from report) before training.
     """
-    payload = checkpoint.load(resume) if resume is not None else None
+    payload = checkpoint.load(resume, resume=True) if resume is not None else None
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent
+    fresh = run_dir is None
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(recipe)
-    return train_recipe(recipe, run_dir=run_dir, payload=payload, device=device, callbacks=callbacks,
-                        base_dir=base_dir, notes=notes, fit_context=stop_on_signals if handle_signals else None)
+    try:
+        return train_recipe(recipe, run_dir=run_dir, payload=payload, device=device, callbacks=callbacks,
+                            base_dir=base_dir, notes=notes, fit_context=stop_on_signals if handle_signals else None)
+    except BaseException:
+        if fresh:
+            discard_if_unused(run_dir)
+        raise
 
 
 def resume_recipe(resume: Path | str, overrides: Sequence[str] = ()) -> Recipe:

@@ -76,23 +76,22 @@ def _read_index(folder: Path) -> dict | None:
 def _checkpoints_folder(folder: Path, all_checkpoints: bool) -> list[Candidate]:
     """Members of one run's checkpoints folder.
 
-    Default: the strategy members (every ``.pt`` that is neither ``last.pt`` nor a top-k file of
-    index.json, e.g. snapshots or every-N checkpoints) when there are any, else the best top-k
-    file, else ``last.pt``. ``all_checkpoints``: every ``.pt`` but ``last.pt`` (``last.pt`` only
-    when nothing else is there).
+    Default: the strategy members (the files under ``members/``: snapshots or every-N checkpoints)
+    when there are any, else the best top-k file of index.json, else ``last.pt``.
+    ``all_checkpoints``: the top-k files, the members and any other checkpoint of the folder
+    (``last.pt`` only when nothing else is there). A file the index does not list (left by a
+    crash between a save and the index update) is never taken for a strategy member, and the
+    guard's diagnostic ``nonfinite-step*.pt`` files never join.
     """
     index = _read_index(folder) or {"top_k": []}
     monitor = index.get("monitor")
     top = [Candidate(folder / e["file"], monitor, e.get("value")) for e in index["top_k"]
            if isinstance(e, dict) and (folder / str(e.get("file"))).is_file()]
     listed = {c.path.name for c in top}
-    others = [Candidate(p) for p in sorted(folder.rglob("*.pt"))
-              if p.name != "last.pt" and not p.name.startswith(".")
-              and not (p.parent == folder and p.name in listed)]
-    if all_checkpoints:
-        found = top + others
-    else:
-        found = others or top[:1]
+    members = [Candidate(p) for p in sorted((folder / "members").rglob("*.pt")) if not p.name.startswith(".")]
+    unlisted = [Candidate(p) for p in sorted(folder.glob("*.pt"))
+                if p.name not in listed and p.name != "last.pt" and not p.name.startswith((".", "nonfinite-"))]
+    found = top + members + unlisted if all_checkpoints else members or top[:1]
     if not found and (folder / "last.pt").is_file():
         found = [Candidate(folder / "last.pt", monitor)]
     return found

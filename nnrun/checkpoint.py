@@ -51,8 +51,13 @@ def resolve(path: str | Path) -> Path:
             return candidate
     if path.is_dir():
         newest = newest_checkpoint(path)
-        hint = (f"resume from the newest checkpoint there: --resume {newest}" if newest else
-                "give a checkpoint file or a run folder that holds checkpoints/last.pt")
+        if newest is not None:
+            hint = f"resume from the newest checkpoint there: --resume {newest}"
+        elif (path / "recipe.yaml").is_file():
+            hint = (f"the run stopped before its first checkpoint: start it again with "
+                    f"`nnrun train {path / 'recipe.yaml'} --run-dir {path}`")
+        else:
+            hint = "give a checkpoint file or a run folder that holds checkpoints/last.pt"
         raise CheckpointError(f"no last.pt in {path} or {path / 'checkpoints'}", hint=hint)
     raise CheckpointError(f"checkpoint {path} does not exist", hint="check the path")
 

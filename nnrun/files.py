@@ -24,10 +24,20 @@ from typing import IO, Any
 
 from nnrun.errors import writing
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-"""The mode of every file nnrun writes (what `open()` would give it under this umask)."""
+def file_mode() -> int:
+    """The mode `open()` would give a new file under the process's current umask (read from
+    /proc where it exists: setting the umask to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~_IMPORT_UMASK
+
+
+_IMPORT_UMASK = os.umask(0)
+os.umask(_IMPORT_UMASK)
 
 _CRASH_AT = os.environ.get("NNRUN_CRASH_AT")
 _crash_counts: dict[str, int] = {}
@@ -63,7 +73,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], *, what: str, h
                 crash_point("write:before-fsync")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, file_mode())
             crash_point("write:before-replace")
             os.replace(tmp, path)
             tmp = None

@@ -3,7 +3,9 @@
 - :func:`claim` creates the folder if needed and takes an exclusive `flock` on `.nnrun.lock`
   inside it (the kernel releases it when the process dies, `kill -9` included, so a crashed run
   never blocks its own resume). A second process that wants the folder gets one clear error.
-- A folder that already holds a run (`recipe.yaml`, `metrics.jsonl` or `checkpoints/`) is refused
+- Claiming removes the temporary files an interrupted atomic write left (nobody else writes
+  there while the claim holds).
+- A folder that already holds a run (a checkpoint or an evaluation in `metrics.jsonl`) is refused
   unless the run is being resumed: two runs in one folder lose each other's `last.pt` and history.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nnrun.checkpoint import remove_temporary_files
 from nnrun.errors import OutputError, writing
 
 try:
@@ -20,12 +23,13 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks; the conten
     fcntl = None
 
 LOCK = ".nnrun.lock"
-RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
-
-
 def holds_run(path: Path) -> bool:
-    """Whether `path` already holds (part of) a run."""
-    return any((path / name).exists() for name in RUN_FILES)
+    """Whether `path` holds a run worth keeping: a checkpoint or an evaluation. (A run stopped
+    before its first evaluation left only its recipe and an empty metrics file: starting again in
+    its folder loses nothing.)"""
+    metrics = path / "metrics.jsonl"
+    return (path / "checkpoints").exists() and any((path / "checkpoints").rglob("*.pt")) or \
+        metrics.is_file() and metrics.stat().st_size > 0 or metrics.is_dir()
 
 
 class RunFolderLock:
@@ -66,6 +70,8 @@ def claim(path: Path, *, resume: bool) -> RunFolderLock:
         lock.release()
         raise OutputError(f"{path} already holds a run",
                           hint=f"add --resume {path} to continue it, or choose another --run-dir")
+    with writing(f"the run folder {path}", hint=hint):
+        remove_temporary_files(path)  # left by a crash inside an atomic write; nobody else writes here now
     return lock
 
 

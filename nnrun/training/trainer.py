@@ -24,6 +24,7 @@ import torch
 from nnrun.components.freeze import apply_freeze, set_train_mode
 from nnrun.components.metrics import evaluate
 from nnrun.components.optim import get_momentum, group_names, set_momentum
+from nnrun.files import crash_point
 from nnrun.training.averaging import WeightAverage
 from nnrun.training.callbacks import Callback
 from nnrun.training.guard import NonFinitePolicy
@@ -178,6 +179,7 @@ class Trainer:
         if s.step % self.settings.log_every == 0:
             self._log()
         self.optimizer.zero_grad(set_to_none=True)
+        crash_point("step")
 
     def _account(self, out: StepOutput) -> None:
         s = self.state

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnrun import checkpoint, signals
+from nnrun.files import crash_point
 from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
 from nnrun.runtime import recipe_threads
@@ -54,6 +55,7 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         handle_signals: install the Ctrl-C / SIGTERM handlers (main thread only).
         notes: called with the build's notes (parameter groups, init.from report) before training.
     """
+    crash_point("start")
     payload = checkpoint.load(resume, resume=True) if resume is not None else None
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent

@@ -164,4 +164,5 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
                       num_classes=width if task == "classification" else None, num_outputs=width,
                       input_shape=tuple(input_shape),
                       class_names=data.class_names if task == "classification" else None,
-                      description=f"{data.name}: {counts}", source=cfg.source, test_note=note)
+                      description=f"{data.name}: {counts}", source=cfg.source, test_note=note,
+                      where=data.where)

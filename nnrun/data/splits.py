@@ -139,6 +139,7 @@ class DataBundle:
         description: one line for logs, e.g. ``"digits (built-in): 1294 train / 144 val"``.
         source: the recipe's ``data.source``.
         test_note: why ``test`` is None (used by :meth:`require_test`).
+        where: the file or folder the data came from (named in messages), when there is one.
     """
 
     train: Split
@@ -152,6 +153,7 @@ class DataBundle:
     description: str
     source: str = ""
     test_note: str | None = field(default=None, repr=False)
+    where: str | None = None
 
     def require_test(self) -> Split:
         """The test split, or a DataError saying why there is none and what to do."""

@@ -207,9 +207,10 @@ def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
     overfit-one-batch, which trains on the first batch only)."""
     seed_everything(recipe.seed)
     data, normalizer = build_data(recipe, base_dir=base_dir, normalizer=normalizer)
+    notes = data.training_notes()
     model = build_initialized_model(recipe, data, device=device)
     train_batches, val_batches, batch_notes = _batches(recipe, data, device, model, one_batch=one_batch)
-    notes = [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
+    notes += [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
     notes += batch_notes
     check_patterns(recipe.model, model)
     optimizer = build_optimizer(recipe.optimizer, model, device=device)

@@ -1,26 +1,40 @@
-"""Data that trains badly or not at all: BatchNorm meeting a batch of one example (D4)."""
+"""Data that trains badly or not at all: BatchNorm meeting a batch of one example (D4), a single
+class, huge or sparse labels, and duplicated columns (D16)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from nnrun import recipe as recipe_io
 from nnrun.build import build
-from nnrun.data import StreamSplit, TensorSplit, make_batches
+from nnrun.data import StreamSplit, TensorSplit, load_data, make_batches
+from nnrun.data.classes import MAX_CLASSES
+from nnrun.errors import DataError, RecipeError
+from nnrun.recipe.schema import DataConfig
 
 # The tiny recipe (batch 64, val_fraction 0.2) with BatchNorm and batches of 32: data.limit=41
 # leaves 33 training examples, 32 + 1 (the probe's `quickstart data.limit=41`).
 BN = ["model.norm=batch", "data.batch_size=32", "log.tensorboard=false"]
 
 
+def cfg(**kw) -> DataConfig:
+    return dataclasses.replace(DataConfig(), **kw)
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     path.write_text("\n".join(",".join(str(c) for c in row) for row in [header, *rows]) + "\n")
     return path
+
+
+def features(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 2)).round(4)
 
 
 def csv_recipe(write_recipe, data: Path, *extra: str) -> Path:
@@ -114,3 +128,95 @@ def test_folded_batches_keep_the_order_resume_and_match_when_streamed():
     assert torch.equal(torch.cat([yb for _, yb in tensor.epoch(1, start=2)]), order[16:])
     evens = make_batches(TensorSplit(x[:32], y[:32]), batch_size=8, shuffle=False, seed=0, fold_single=True)
     assert [len(yb) for _, yb in evens.epoch(0)] == [8, 8, 8, 8]
+
+
+# ---------------------------------------------------------------- D16: classes and columns
+
+def test_a_csv_label_column_with_a_single_class_is_refused(cli, write_recipe, tmp_path):
+    data = write_csv(tmp_path / "one_class.csv", ["a", "b", "label"], [[*r, 2] for r in features(20)])
+    res = cli("train", csv_recipe(write_recipe, data), "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{data}: the label column `label` has a single class (2); a classifier needs at least 2" in res.stderr
+
+
+def test_an_image_folder_with_a_single_class_is_refused(cli, write_recipe, tmp_path):
+    folder = tmp_path / "images" / "cats"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        np.save(folder / f"{i}.npy", np.full((4, 4), i, dtype=np.float32))
+    recipe = write_recipe(f"""\
+        data: {{source: image-folder, path: {folder.parent}, batch_size: 2}}
+        model: {{arch: mlp, hidden: [4]}}
+        log: {{progress: none, tensorboard: false}}
+        """)
+    res = cli("train", recipe, "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "the image folder has a single class (`cats`)" in res.stderr
+    assert "its own subfolder" in res.stderr
+
+
+def test_a_limit_that_keeps_a_single_class_names_data_limit(tmp_path):
+    rows = [[*r, i // 10] for i, r in enumerate(features(20))]  # 10 rows of class 0, then class 1
+    data = write_csv(tmp_path / "sorted.csv", ["a", "b", "label"], rows)
+    bundle = load_data(cfg(source="csv", path=str(data), limit=8), seed=0)
+    with pytest.raises(DataError, match=r"first 8 training examples \(data.limit\) hold a single class") as err:
+        bundle.training_notes()
+    assert "raise data.limit" in err.value.hint
+    assert load_data(cfg(source="csv", path=str(data)), seed=0).training_notes() == []
+
+
+def test_prediction_data_may_hold_one_class(tmp_path):
+    data = write_csv(tmp_path / "one_class.csv", ["a", "b", "label"], [[*r, 1] for r in features(10)])
+    bundle = load_data(cfg(source="csv", path=str(data)), seed=0)  # what predict --data loads
+    assert bundle.num_classes == 2 and bundle.val is not None
+
+
+def test_a_label_too_large_for_int64_is_a_data_error_naming_the_line(cli, write_recipe, tmp_path):
+    rows = [[*r, i % 2] for i, r in enumerate(features(9))] + [[0.5, 0.5, "99999999999999999999"]]
+    data = write_csv(tmp_path / "huge.csv", ["a", "b", "label"], rows)
+    res = cli("train", csv_recipe(write_recipe, data), "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{data}: line 11, label column `label`: 99999999999999999999 is too large" in res.stderr
+    regression = load_data(cfg(source="csv", path=str(data), task="regression"), seed=0)  # a number, not a class
+    assert regression.task == "regression" and float(regression.train.targets().max()) > 1e19
+
+
+def test_a_class_count_no_classifier_can_hold_is_refused(tmp_path):
+    data = write_csv(tmp_path / "ids.csv", ["a", "b", "label"], [[*r, i * MAX_CLASSES] for i, r in
+                                                                  enumerate(features(6))])
+    with pytest.raises(DataError, match=r"largest label is 5000000, which would make a classifier with 5,000,001"):
+        load_data(cfg(source="csv", path=str(data)), seed=0)
+
+
+def test_duplicate_header_names_are_refused_when_used(cli, write_recipe, tmp_path):
+    rows = [[*r, r[0], i % 2] for i, r in enumerate(features(20))]
+    data = write_csv(tmp_path / "dup.csv", ["a", "b", "a", "label"], rows)
+    res = cli("train", csv_recipe(write_recipe, data), "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and f"{data}: the header names 2 columns `a` (columns 1, 3)" in res.stderr
+    picked = load_data(cfg(source="csv", path=str(data), feature_columns=["b"]), seed=0)  # `a` unused: fine
+    assert picked.input_shape == (1,)
+
+
+def test_a_feature_column_listed_twice_is_a_recipe_error(cli, write_recipe, tmp_path):
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "label"], [[*r, i % 2] for i, r in enumerate(features(20))])
+    res = cli("train", csv_recipe(write_recipe, data), "data.feature_columns=[a,b,a]", "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "`data.feature_columns`: lists `a` twice" in res.stderr
+    with pytest.raises(RecipeError):
+        load_data(cfg(source="csv", path=str(data), feature_columns=["a", "a"]), seed=0)
+
+
+def test_sparse_labels_warn_and_list_the_empty_classes(cli, write_recipe, tmp_path):
+    rows = [[*r, (0, 1, 7)[i % 3]] for i, r in enumerate(features(30))]
+    data = write_csv(tmp_path / "sparse.csv", ["a", "b", "label"], rows)
+    res = cli("train", csv_recipe(write_recipe, data), "--run-dir", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    err = " ".join(res.stderr.split())
+    assert "5 of 8 classes have no training example" in err and ": 2..6; their outputs are never trained" in err
+    bundle = load_data(cfg(source="csv", path=str(data)), seed=0)
+    assert bundle.num_classes == 8 and "renumber the labels" in bundle.training_notes()[0]
+
+
+def test_dense_labels_and_known_classes_give_no_warning():
+    assert load_data(cfg(source="digits"), seed=0).training_notes() == []
+    limited = load_data(cfg(source="digits", limit=6, val_fraction=0.0), seed=0).training_notes()
+    assert len(limited) == 1 and "4 of 10 classes have no training example" in limited[0]
+    assert "data.limit keeps only the first 6 examples" in limited[0]

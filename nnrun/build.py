@@ -25,7 +25,7 @@ from nnrun.components.schedules import Schedule, build_schedule
 from nnrun.data import DataBundle, load_data, make_batches, normalize_split
 from nnrun.data.batching import Batches
 from nnrun.data.normalize import fit_normalizer
-from nnrun.errors import CheckpointError, Problem, RecipeError
+from nnrun.errors import CheckpointError, DataError, Problem, RecipeError
 from nnrun.recipe import to_dict
 from nnrun.recipe.checks import schedule_problems
 from nnrun.recipe.schema import Recipe
@@ -123,17 +123,74 @@ def load_pretrained(model: nn.Module, source: str) -> str:
     return "; ".join(parts)
 
 
-def _batches(recipe: Recipe, data: DataBundle, device: torch.device) -> tuple[Batches, Batches | None]:
+def _one_example_bn(model: nn.Module, data: DataBundle, device: torch.device) -> list[str]:
+    """Names of the BatchNorm layers that cannot train on a batch of one example: those that would
+    see one value per channel (BatchNorm1d on vectors, BatchNorm2d on 1x1 maps). Found by one
+    eval-mode forward of one training example; modes and RNG states are put back."""
+    bns = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        return []
+    single: list[nn.Module] = []
+
+    def spy(module, args):
+        if math.prod(args[0].shape[2:]) == 1:
+            single.append(module)
+
+    hooks = [m.register_forward_pre_hook(spy) for m in bns]
+    modes, rng = [(m, m.training) for m in model.modules()], checkpoint.capture_rng()
+    try:
+        x, _ = next(iter(make_batches(data.train, batch_size=1, shuffle=False, seed=0).epoch(0)))
+        model.eval()
+        with torch.no_grad():
+            model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+        checkpoint.restore_rng(rng)
+    return [bns[m] or "(the model)" for m in dict.fromkeys(single)]
+
+
+def _batch_of_one(recipe: Recipe, data: DataBundle, model: nn.Module, device: torch.device) -> tuple[bool, list[str]]:
+    """D4: (fold the last batch, notes). A batch of one example meets BatchNorm layers that cannot
+    train on it: a last batch of one joins the batch before it; when every batch (or the only one)
+    holds one example there is nothing to join, and the recipe is refused before training starts."""
+    d, n = recipe.data, data.train.num_examples
+    if not (d.batch_size == 1 or n == 1 or (not d.drop_last and n % d.batch_size == 1)):
+        return False, []
+    layers = _one_example_bn(model, data, device)
+    if not layers:
+        return False, []
+    named = ", ".join(f"`{name}`" for name in layers[:3]) + (" ..." if len(layers) > 3 else "")
+    why = f"BatchNorm layer(s) {named} cannot train on a batch of one example (one value per channel)"
+    other_norm = "model.norm: group, layer or none (batch-size independent)"
+    if d.batch_size == 1:
+        raise RecipeError([Problem(("data", "batch_size"), f"1 trains on batches of one example, and {why}; "
+                                                           f"use a batch_size of 2 or more, or {other_norm}")])
+    if n == 1:
+        raise DataError(f"the training split holds 1 example, and {why}", where=data.where,
+                        hint=f"use more examples (data.limit, a lower data.val_fraction) or {other_norm}")
+    return True, [f"data: {n} training examples in batches of {d.batch_size} leave a last batch of 1 example, and "
+                  f"{why}; it joins the batch before it ({d.batch_size + 1} examples). data.drop_last: true drops "
+                  "it instead"]
+
+
+def _batches(recipe: Recipe, data: DataBundle, device: torch.device, model: nn.Module, *,
+             one_batch: bool = False) -> tuple[Batches, Batches | None, list[str]]:
+    """Training and validation batches, and what a person should know about them (see _batch_of_one;
+    ``one_batch``: the caller trains on the first batch only and judges its size itself)."""
     d = recipe.data
+    fold, notes = (False, []) if one_batch else _batch_of_one(recipe, data, model, device)
     train = make_batches(data.train, batch_size=d.batch_size, shuffle=d.shuffle, seed=recipe.seed,
-                         drop_last=d.drop_last, num_workers=d.num_workers, device=device)
+                         drop_last=d.drop_last, num_workers=d.num_workers, device=device, fold_single=fold)
     if len(train) == 0:
         raise RecipeError([Problem(("data", "batch_size"), f"{d.batch_size} with drop_last leaves no batch of the "
                                                            f"{data.train.num_examples} training examples; lower it "
                                                            "or set drop_last: false")])
     val = None if data.val is None else make_batches(data.val, batch_size=d.eval_batch_size, shuffle=False,
                                                      seed=recipe.seed, num_workers=d.num_workers, device=device)
-    return train, val
+    return train, val, notes
 
 
 def _accumulation_note(recipe: Recipe, model: nn.Module) -> list[str]:
@@ -145,13 +202,16 @@ def _accumulation_note(recipe: Recipe, model: nn.Module) -> list[str]:
 
 
 def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
-          normalizer: dict | None = None) -> Components:
-    """Build every component of a training run from a validated recipe."""
+          normalizer: dict | None = None, one_batch: bool = False) -> Components:
+    """Build every component of a training run from a validated recipe (``one_batch``: for
+    overfit-one-batch, which trains on the first batch only)."""
     seed_everything(recipe.seed)
     data, normalizer = build_data(recipe, base_dir=base_dir, normalizer=normalizer)
-    train_batches, val_batches = _batches(recipe, data, device)
+    notes = data.training_notes()
     model = build_initialized_model(recipe, data, device=device)
-    notes = [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
+    train_batches, val_batches, batch_notes = _batches(recipe, data, device, model, one_batch=one_batch)
+    notes += [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
+    notes += batch_notes
     check_patterns(recipe.model, model)
     optimizer = build_optimizer(recipe.optimizer, model, device=device)
     notes += describe_groups(optimizer) if len(optimizer.param_groups) > 1 else []

@@ -9,6 +9,7 @@ statistics of the data predicted on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -22,11 +23,29 @@ from nnrun.data.splits import DataBundle, Split
 from nnrun.errors import CheckpointError, DataError, writing
 from nnrun.recipe import from_dict
 from nnrun.recipe.schema import Recipe
+from nnrun.recipe.tables import SOURCES
 
 
 def stored_recipe(payload: dict) -> Recipe:
     """The recipe a checkpoint was trained with (validated again)."""
     return from_dict(payload["recipe"], label=f"{payload['path']} (stored recipe)")
+
+
+def with_data_path(recipe: Recipe, data_path: str | Path | None, label: str) -> Recipe:
+    """The stored recipe predicting on ``data_path`` (`--data`) instead of its own data.path.
+
+    Raises:
+        DataError: the checkpoint's source reads no file or folder (digits, python), so there is
+            nothing for `--data` to replace.
+    """
+    if data_path is None:
+        return recipe
+    source = recipe.data.source
+    if SOURCES[source].path_kind is None:
+        raise DataError(f"`--data` needs a file-based source; {label} was trained on `{source}`",
+                        hint=f"drop --data to predict on its own `{source}` data (--split val or test), or "
+                             "train on a file-based source (csv, npz, image-folder, mnist, fashion-mnist, cifar10)")
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(Path(data_path).resolve())))
 
 
 def rebuild_model(payload: dict, *, device: torch.device | str, state_dict: dict | None = None,

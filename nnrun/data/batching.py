@@ -43,9 +43,20 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor
     return torch.randperm(n, generator=torch.Generator().manual_seed(order_seed(seed, epoch)))
 
 
-def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    """Batches per epoch for ``n`` examples."""
-    return n // batch_size if drop_last else -(-n // batch_size)
+def num_batches(n: int, batch_size: int, drop_last: bool, fold_single: bool = False) -> int:
+    """Batches per epoch for ``n`` examples; ``fold_single`` merges a last batch of one example
+    into the batch before it (BatchNorm cannot train on one example), so it counts one batch less."""
+    if drop_last:
+        return n // batch_size
+    count = -(-n // batch_size)
+    return count - 1 if fold_single and count > 1 and n % batch_size == 1 else count
+
+
+def batch_bounds(b: int, count: int, n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """The [lo, hi) example positions of batch ``b`` of ``count``: the last batch keeps every
+    remaining example unless ``drop_last`` (which is how a folded single example joins it)."""
+    lo = b * batch_size
+    return lo, (n if b == count - 1 and not drop_last else lo + batch_size)
 
 
 class TensorBatches:
@@ -56,22 +67,23 @@ class TensorBatches:
     """
 
     def __init__(self, split: TensorSplit, *, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool = False, device: torch.device | None = None):
+                 drop_last: bool = False, device: torch.device | None = None, fold_single: bool = False):
         self.x, self.y = split.x, split.y
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.fold_single = fold_single
         if device is not None and torch.device(device).type == "cuda":
             self.x, self.y = _to_device_if_fits(self.x, self.y, torch.device(device))
 
     def __len__(self) -> int:
-        return num_batches(self.x.shape[0], self.batch_size, self.drop_last)
+        return num_batches(self.x.shape[0], self.batch_size, self.drop_last, self.fold_single)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        n, bs = self.x.shape[0], self.batch_size
+        n, count = self.x.shape[0], len(self)
         order = None
         if self.shuffle:
             order = epoch_order(n, seed=self.seed, epoch=epoch, shuffle=True).to(self.x.device)
-        for b in range(start, len(self)):
-            lo, hi = b * bs, min((b + 1) * bs, n)
+        for b in range(start, count):
+            lo, hi = batch_bounds(b, count, n, self.batch_size, self.drop_last)
             if order is None:  # sequential (evaluation): slices are views, no copy at all
                 yield self.x[lo:hi], self.y[lo:hi]
             else:
@@ -95,17 +107,24 @@ class _EpochBatchSampler:
     """A batch sampler told which epoch and start batch to yield (mutable, so a persistent
     DataLoader keeps its workers across epochs)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, fold_single: bool = False):
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.fold_single = fold_single
         self.epoch, self.start = 0, 0
 
+    def count(self) -> int:
+        """Batches per epoch (from the first one)."""
+        return num_batches(self.n, self.batch_size, self.drop_last, self.fold_single)
+
     def __len__(self) -> int:
-        return num_batches(self.n, self.batch_size, self.drop_last) - self.start
+        return self.count() - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).tolist()
-        for b in range(self.start, num_batches(self.n, self.batch_size, self.drop_last)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+        count = self.count()
+        for b in range(self.start, count):
+            lo, hi = batch_bounds(b, count, self.n, self.batch_size, self.drop_last)
+            yield order[lo:hi]
 
 
 class LoaderBatches:
@@ -113,8 +132,9 @@ class LoaderBatches:
     per-epoch order as :class:`TensorBatches`. Move batches with ``non_blocking=True``."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool = False, num_workers: int = 0, device: torch.device | None = None):
-        self.sampler = _EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
+                 drop_last: bool = False, num_workers: int = 0, device: torch.device | None = None,
+                 fold_single: bool = False):
+        self.sampler = _EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, fold_single)
         self.seed = seed
         # A private generator: the DataLoader otherwise draws its worker base seed from the
         # global RNG, which would shift dropout's random stream on every epoch (and on resume).
@@ -125,7 +145,7 @@ class LoaderBatches:
                                  generator=self.generator)
 
     def __len__(self) -> int:
-        return num_batches(self.sampler.n, self.sampler.batch_size, self.sampler.drop_last)
+        return self.sampler.count()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start = epoch, start
@@ -147,7 +167,7 @@ def _unwrap_worker_error(exc: DataError) -> DataError:
 
 
 def make_batches(split: Split, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                 num_workers: int = 0, device: torch.device | None = None) -> Batches:
+                 num_workers: int = 0, device: torch.device | None = None, fold_single: bool = False) -> Batches:
     """The right batcher for a split: :class:`TensorBatches` in memory, :class:`LoaderBatches` streamed.
 
     Args:
@@ -158,14 +178,16 @@ def make_batches(split: Split, *, batch_size: int, shuffle: bool, seed: int, dro
         drop_last: drop the last incomplete batch.
         num_workers: DataLoader workers (streamed splits only).
         device: the training device; cuda moves in-memory data there once / pins streamed batches.
+        fold_single: a last batch of one example joins the batch before it (for BatchNorm, which
+            cannot train on one example; see :func:`num_batches`).
 
     Returns:
         An object with ``len()`` (batches per epoch) and ``epoch(e, start=0)``.
     """
     if isinstance(split, TensorSplit):
         return TensorBatches(split, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             drop_last=drop_last, device=device)
+                             drop_last=drop_last, device=device, fold_single=fold_single)
     if isinstance(split, StreamSplit):
         return LoaderBatches(split.dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             drop_last=drop_last, num_workers=num_workers, device=device)
+                             drop_last=drop_last, num_workers=num_workers, device=device, fold_single=fold_single)
     raise TypeError(f"cannot batch a {type(split).__name__}")

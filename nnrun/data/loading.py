@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from nnrun.data.classes import check_class_count, empty_classes_note, single_class_error
 from nnrun.data.sources import get_source
 from nnrun.data.splits import DataBundle, SourceData, Split, StreamSplit, TensorSplit, describe_counts
 from nnrun.errors import DataError
@@ -105,6 +106,7 @@ def check_labels(task: str, splits: dict[str, Split | None], known: int | None, 
                             where=where, hint="flatten each target to a vector")
         return 1 if train_y.dim() == 1 else int(train_y.shape[1])
     num_classes = known if known is not None else int(train_y.max()) + 1
+    check_class_count(num_classes, where=where)
     for name, split in splits.items():
         if split is None:
             continue
@@ -140,16 +142,24 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
     info, loader = get_source(cfg.source)
     path = resolve_path(cfg.path, info.path_kind, cfg.source, base_dir) if info.path_kind else None
     data = loader(cfg, path, with_test)
-    if cfg.limit is not None and cfg.limit < data.train.num_examples:
+    limited = cfg.limit is not None and cfg.limit < data.train.num_examples
+    if limited:
         data.train = data.train.subset(torch.arange(cfg.limit))
     task = settle_task(cfg.task, data)
-    known = data.num_classes
+    known, unfit = data.num_classes, None
     if task == "classification" and known is None:  # count on the whole (limited) training set
         known = check_labels(task, {"train": data.train}, None, data.where)
+    if task == "classification":
+        unfit = single_class_error(cfg, data.train.targets(), data.class_names, where=data.where,
+                                   limit=cfg.limit if limited else None)
     if data.val is None:
         data.train, data.val = carve_val(data.train, cfg.val_fraction, seed)
     splits = {"train": data.train, "val": data.val, "test": data.test}
     width = check_labels(task, splits, known, data.where)
+    empty = None
+    if task == "classification" and unfit is None:
+        empty = empty_classes_note(data.train.targets(), width, data.class_names, where=data.where,
+                                   counted=data.num_classes is None, limit=cfg.limit if limited else None)
     input_shape = data.train.example_shape()
     for name, split in splits.items():
         if split is not None and split.example_shape() != input_shape:
@@ -164,4 +174,5 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
                       num_classes=width if task == "classification" else None, num_outputs=width,
                       input_shape=tuple(input_shape),
                       class_names=data.class_names if task == "classification" else None,
-                      description=f"{data.name}: {counts}", source=cfg.source, test_note=note)
+                      description=f"{data.name}: {counts}", source=cfg.source, test_note=note, where=data.where,
+                      notes=[empty] if empty else [], unfit=unfit)

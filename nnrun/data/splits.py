@@ -139,6 +139,9 @@ class DataBundle:
         description: one line for logs, e.g. ``"digits (built-in): 1294 train / 144 val"``.
         source: the recipe's ``data.source``.
         test_note: why ``test`` is None (used by :meth:`require_test`).
+        where: the file or folder the data came from (named in messages), when there is one.
+        notes: warnings about the training split (classes without examples).
+        unfit: why the data cannot train a model (a single class), raised by :meth:`training_notes`.
     """
 
     train: Split
@@ -152,6 +155,18 @@ class DataBundle:
     description: str
     source: str = ""
     test_note: str | None = field(default=None, repr=False)
+    where: str | None = None
+    notes: list[str] = field(default_factory=list)
+    unfit: DataError | None = field(default=None, repr=False)
+
+    def training_notes(self) -> list[str]:
+        """What training on this data should print; DataError when it cannot train (a single class).
+
+        Prediction does not ask: predicting a file that holds one class is fine.
+        """
+        if self.unfit is not None:
+            raise self.unfit
+        return list(self.notes)
 
     def require_test(self) -> Split:
         """The test split, or a DataError saying why there is none and what to do."""

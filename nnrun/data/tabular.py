@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from nnrun.data.splits import SourceData, TensorSplit, check_pair, tensor_split
-from nnrun.errors import DataError, did_you_mean
+from nnrun.errors import DataError, Problem, RecipeError, did_you_mean
+
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -44,6 +46,7 @@ def _columns(cfg, header: list[str], path: Path) -> tuple[int, list[int]]:
                             hint=f"set data.{key} to one of the columns above")
         return header.index(name)
 
+    _check_unique(cfg, header, path)
     label = index(cfg.label_column, "label_column")
     if cfg.feature_columns is None:
         features = [i for i in range(len(header)) if i != label]
@@ -56,6 +59,23 @@ def _columns(cfg, header: list[str], path: Path) -> tuple[int, list[int]]:
         raise DataError(f"the label column `{cfg.label_column}` is also listed in feature_columns",
                         where=str(path), hint="remove it from data.feature_columns")
     return label, features
+
+
+def _check_unique(cfg, header: list[str], path: Path) -> None:
+    """Columns are picked by name: refuse a repeated entry of data.feature_columns, and a header name
+    that two columns share when that name is used (every column is, without data.feature_columns)."""
+    listed = cfg.feature_columns or []
+    twice = next((name for i, name in enumerate(listed) if name in listed[:i]), None)
+    if twice is not None:
+        raise RecipeError([Problem(("data", "feature_columns"), f"lists `{twice}` twice; a column is one input, "
+                                                                "so list each column once")])
+    used = set(header) if cfg.feature_columns is None else {cfg.label_column, *listed}
+    shared = next((name for i, name in enumerate(header) if name in header[:i] and name in used), None)
+    if shared is not None:
+        where = ", ".join(str(i + 1) for i, name in enumerate(header) if name == shared)
+        raise DataError(f"the header names {header.count(shared)} columns `{shared}` (columns {where}); "
+                        "columns are picked by name", where=str(path),
+                        hint="give every column a unique name in the header row")
 
 
 def _parse_features(rows, features: list[int], header: list[str], width: int, path: Path) -> np.ndarray:
@@ -81,13 +101,27 @@ def _parse_features(rows, features: list[int], header: list[str], width: int, pa
     raise DataError("feature values could not be parsed as numbers", where=str(path))
 
 
-def _parse_labels(cells: list[str]) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels (int64), float targets (float32) or text mapped to sorted class indices."""
+def _parse_labels(cells: list[str], lines: list[int], cfg, path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels (int64), float targets (float32) or text mapped to sorted class indices.
+
+    An integer beyond int64 is refused as a class label (DataError naming its line), and read as
+    a float when data.task is regression.
+    """
     cells = [c.strip() for c in cells]
     try:
-        return np.asarray([int(c) for c in cells], dtype=np.int64), None
+        ints = [int(c) for c in cells]
     except ValueError:
-        pass
+        ints = None
+    if ints is not None:
+        big = next((i for i, v in enumerate(ints) if not INT64_MIN <= v <= INT64_MAX), None)
+        if big is not None and cfg.task != "regression":
+            column = cfg.label_column
+            raise DataError(f"line {lines[big]}, label column `{column}`: {cells[big]} is too large for a class label",
+                            where=str(path), hint="class labels are indices 0..K-1: renumber them, write them "
+                                                  "as text (text labels are numbered for you), or set data.task: "
+                                                  "regression for a numeric target")
+        if big is None:
+            return np.asarray(ints, dtype=np.int64), None
     try:
         return np.asarray([float(c) for c in cells], dtype=np.float32), None
     except ValueError:
@@ -118,7 +152,7 @@ def load_csv(cfg, path: Path | None, with_test: bool) -> SourceData:
     if empty is not None:
         raise DataError(f"line {empty}: the label column `{cfg.label_column}` is empty", where=str(path),
                         hint="every example needs a label: fill it in or drop the row")
-    y, names = _parse_labels([row[label] for _, row in rows])
+    y, names = _parse_labels([row[label] for _, row in rows], [line for line, _ in rows], cfg, path)
     if names is not None and cfg.task == "regression":
         raise DataError(f"label column `{cfg.label_column}` holds text (e.g. {names[0]!r}) but "
                         "data.task is regression", where=str(path),

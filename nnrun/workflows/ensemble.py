@@ -21,7 +21,7 @@ import torch
 from nnrun.components.losses import build_loss
 from nnrun.data import load_data, make_batches, normalize_split
 from nnrun.errors import DataError, NnrunError
-from nnrun.inference import check_fits, predict, score, write_predictions
+from nnrun.inference import check_fits, predict, score, with_data_path, write_predictions
 from nnrun.recipe.tables import metric_info, split_seed
 from nnrun.runtime import resolve_device
 from nnrun.tools.ensemble.members import Averager, check_compatible, discover, load_members, rank
@@ -102,6 +102,8 @@ def run(paths: Sequence[str | Path], *, mode: str = "mean", top_k: int | None = 
         raise NnrunError(f"unknown split `{split}`", hint="use val or test")
     cands, by, values = rank(discover(paths, all_checkpoints=all_checkpoints), by=by, top_k=top_k)
     members = load_members(cands, values, use_ema=use_ema)
+    for m in members:  # before the compatibility check, whose hints may suggest --data
+        with_data_path(m.recipe(), data_path, f"member {m.label}")
     check_compatible(members, mode=mode, split=split, data_path=data_path)
     dev = resolve_device(device)
     cache = SplitCache(split, data_path)
@@ -122,10 +124,8 @@ class SplitCache:
 
     def bundle(self, member: Member, *, with_test: bool):
         """The raw (unwhitened) DataBundle of the member's data config."""
-        recipe = member.recipe()
+        recipe = with_data_path(member.recipe(), self.data_path, f"member {member.label}")
         cfg = recipe.data
-        if self.data_path is not None:
-            cfg = dataclasses.replace(cfg, path=str(Path(self.data_path).resolve()))
         seed = split_seed(recipe)
         key = (json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str), seed, with_test)
         if key not in self._raw:

@@ -74,7 +74,7 @@ def setup(recipe: Recipe, *, batch_size: int | None = None, device: str | None =
         base_dir: folder that relative data paths are resolved against.
     """
     recipe, changes = memorization_recipe(recipe, batch_size)
-    c = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir)
+    c = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir, one_batch=True)
     dropouts = [m for m in c.model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
     for m in dropouts:  # python models ignore model.dropout
         m.p = 0.0

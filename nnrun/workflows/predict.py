@@ -7,7 +7,6 @@ the data predicted on. The model runs over the split once; the metrics come from
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,15 @@ from nnrun import checkpoint
 from nnrun.build import build_data
 from nnrun.components.losses import build_loss
 from nnrun.errors import NnrunError
-from nnrun.inference import check_fits, predict, rebuild_model, score, stored_recipe, write_predictions
+from nnrun.inference import (
+    check_fits,
+    predict,
+    rebuild_model,
+    score,
+    stored_recipe,
+    with_data_path,
+    write_predictions,
+)
 from nnrun.runtime import resolve_device
 
 
@@ -38,9 +45,8 @@ def run(checkpoint_path: str | Path, *, split: str = "val", data_path: str | Non
     payload = checkpoint.load(checkpoint_path)
     dev = resolve_device(device)
     recipe = stored_recipe(payload)
+    recipe = with_data_path(recipe, data_path, "this checkpoint")
     model = rebuild_model(payload, device=dev)
-    if data_path is not None:
-        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(Path(data_path).resolve())))
     bundle, _ = build_data(recipe, base_dir=None, normalizer=payload["normalization"], with_test=split == "test")
     part = bundle.require_test() if split == "test" else bundle.val
     if part is None:

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from nnrun.errors import writing
 
+
 def file_mode() -> int:
     """The mode `open()` would give a new file under the process's current umask (read from
     /proc where it exists: setting the umask to read it is not thread-safe)."""

@@ -1,0 +1,159 @@
+"""The processes of a run: who this one is (rank, world size) and the few collectives the loop needs.
+
+nnrun runs data-parallel on PyTorch's own engine: `torch.distributed` with DistributedDataParallel,
+launched by `torchrun` (or `nnrun train --nproc N`, which starts torchrun in-process). Everything
+here is a no-op when the world has one process, and `torch.distributed` is imported only when it
+has more (it costs ~0.15 s at start-up).
+
+Rules the loop keeps: every collective runs on every rank at the same point of the loop, never in
+code only rank 0 reaches (a rank-0-only save that waits on a collective hangs the job until the
+watchdog fires); rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes (from torchrun's environment)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def active(self) -> bool:
+        """More than one process: collectives are real."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """The world torchrun (or SLURM through torchrun) describes in the environment; one process otherwise."""
+    env = os.environ
+    size = int(env.get("WORLD_SIZE", "1"))
+    return World(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")), world_size=size,
+                 local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(size))))
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def initialized() -> bool:
+    return world().active and _dist().is_initialized()
+
+
+def init(w: World, device: torch.device) -> None:
+    """Join the process group: the backend PyTorch maps to the device (gloo on CPU, nccl on CUDA),
+    an explicit timeout, eager init on CUDA (`device_id`), and loopback for gloo on one machine
+    unless GLOO_SOCKET_IFNAME says otherwise (hostname-based interface choice is flaky)."""
+    if not w.active:
+        return
+    dist = _dist()
+    if dist.is_initialized():
+        return
+    if device.type == "cpu" and w.local_world_size == w.world_size:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if os.uname().sysname == "Darwin" else "lo")
+    backend = dist.Backend.default_device_backend_map.get(device.type, "gloo")
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend=backend, timeout=TIMEOUT, rank=w.rank, world_size=w.world_size, **kwargs)
+
+
+def shutdown() -> None:
+    """Leave the process group (every rank, at the end of the run)."""
+    if initialized():
+        _dist().destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over the ranks, in place (returned for convenience); identity with one process."""
+    if initialized():
+        _dist().all_reduce(t)
+    return t
+
+
+def agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any rank (one all-reduce of one number)."""
+    if not initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (`[obj]` with one process)."""
+    if not initialized():
+        return [obj]
+    out: list[Any] = [None] * world().world_size
+    _dist().all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not initialized():
+        return obj
+    box = [obj]
+    _dist().broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def average_buffers(model: nn.Module) -> None:
+    """Average the floating buffers (BatchNorm running statistics) over the ranks, so every rank
+    evaluates and saves the same model (timm's `--dist-bn reduce`)."""
+    if not initialized():
+        return
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    _dist().all_reduce(flat)
+    flat /= world().world_size
+    offset = 0
+    with torch.no_grad():
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b).to(b.dtype))
+            offset += b.numel()
+
+
+def fingerprint(*states: Any) -> bytes:
+    """A digest of nested tensors and primitives (tests compare ranks with it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(v, dict):
+            for k in sorted(v, key=str):
+                digest.update(str(k).encode())
+                feed(v[k])
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                feed(x)
+        else:
+            digest.update(pickle.dumps(v))
+
+    for s in states:
+        feed(s)
+    return digest.digest()

@@ -7,6 +7,7 @@ subcommands" pattern), so `nnrun --help` and `nnrun --version` never import torc
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -51,10 +52,20 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, help_) for name, (_, help_) in available().items()])
 
     def invoke(self, ctx: click.Context):
-        """Run the subcommand; user mistakes become one clear message and exit code 2."""
-        from nnrun.cli.common import run_guarded
+        """Run the subcommand; user mistakes become one clear message and exit code 2. Only `train`
+        runs in several processes (under torchrun); the others refuse a world size above 1."""
+        from nnrun.cli.common import is_worker, run_guarded
+        from nnrun.errors import NnrunError
 
-        return run_guarded(lambda: super(LazyGroup, self).invoke(ctx), debug=ctx.params.get("debug", False))
+        def call():
+            name = ctx.protected_args[0] if ctx.protected_args else None
+            if is_worker() and name not in (None, "train"):
+                raise NnrunError(f"nnrun {name} runs in one process, but torchrun started "
+                                 f"{os.environ['WORLD_SIZE']}", hint=f"run `nnrun {name} ...` without torchrun "
+                                 "(search scales out with --workers or more processes on one --storage)")
+            return super(LazyGroup, self).invoke(ctx)
+
+        return run_guarded(call, debug=ctx.params.get("debug", False))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,7 +22,17 @@ def out_console():
     return Console(highlight=False, soft_wrap=True)
 
 
-DEVICES = ("auto", "cpu", "cuda")  # the choices of the recipe's train.device
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def is_worker() -> bool:
+    """Started by torchrun as one of several processes (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_rank_zero() -> bool:
+    """The process that prints (and writes files): rank 0, or the only process."""
+    return os.environ.get("RANK", "0") == "0"  # the choices of the recipe's train.device
 
 
 def device_option(help_text: str = "Overrides train.device.", default: str | None = None):
@@ -56,13 +67,15 @@ def run_guarded(fn: Callable, *, debug: bool):
     except NnrunError as exc:
         if debug:
             raise
-        err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        if is_rank_zero():  # under torchrun every process fails alike; one prints
+            err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         if debug:
             raise
         name = exc.name if isinstance(exc, Stopped) else "SIGINT"
-        err_console().print(f"[yellow]aborted[/] ({name})")
+        if is_rank_zero():
+            err_console().print(f"[yellow]aborted[/] ({name})")
         sys.exit(exc.exit_code if isinstance(exc, Stopped) else 130)
 
 

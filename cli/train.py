@@ -3,41 +3,73 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from nnrun.cli.common import device_option, err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, is_rank_zero, is_worker, out_console, split_recipe_args
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, metavar="[RECIPE] [KEY=VALUE]...")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<name>/<timestamp>/).")
-@click.option("--resume", "resume", type=click.Path(), help="Checkpoint or run folder to continue exactly.")
+@click.option("--resume", "resume", type=click.Path(),
+              help="Checkpoint or run folder to continue exactly; `auto` (with --run-dir): continue the run "
+                   "folder's last.pt when it has one, else start.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train data-parallel in N processes on this machine (torchrun in-process; for several "
+                   "machines call torchrun -m nnrun train ...).")
 @device_option()
-def command(args, run_dir, resume, device):
+def command(args, run_dir, resume, nproc, device):
     """Train RECIPE (a .yaml file or a shipped recipe name) with dotted overrides.
 
     \b
     nnrun train quickstart
     nnrun train recipes/quickstart.yaml optimizer.lr=3e-4 train.epochs=3
     nnrun train --resume runs/quickstart/20261124-101500 train.epochs=20
+    nnrun train quickstart --nproc 2
+    torchrun --nproc-per-node=4 -m nnrun train my.yaml --run-dir runs/job --resume auto
     """
-    from pathlib import Path
+    recipe = _recipe(args, run_dir, resume)
+    if nproc > 1 and not is_worker():
+        argv = [*args] + [f"--{k}={v}" for k, v in (("run-dir", run_dir), ("resume", resume), ("device", device)) if v]
+        from nnrun.cli.launch import launch
 
-    from rich.markup import escape
+        err_console().print(f"[bold]nnrun train[/] {recipe.name}: {nproc} processes (torchrun)")
+        sys.exit(launch(nproc, argv))
+    _train(recipe, run_dir, resume, device)
 
+
+def _recipe(args, run_dir, resume):
+    """RECIPE (+ overrides), or the recipe stored in the checkpoint being resumed."""
     from nnrun import recipe as recipe_io
-    from nnrun.cli.progress import make_progress
-    from nnrun.workflows.train import resume_recipe, run
+    from nnrun.workflows.train import auto_resume, resume_recipe
 
     name, overrides = split_recipe_args(args, required=resume is None)
-    recipe = recipe_io.load(name, overrides) if name else resume_recipe(resume, overrides)
+    if name:
+        return recipe_io.load(name, overrides)
+    found = auto_resume(resume, Path(run_dir) if run_dir else None)
+    if found is None:
+        raise click.UsageError(f"{run_dir} holds no last.pt yet: give RECIPE to start the run (--resume auto "
+                               "continues it from then on)")
+    return resume_recipe(found, overrides)
+
+
+def _train(recipe, run_dir, resume, device) -> None:
+    from rich.markup import escape
+
+    from nnrun.cli.progress import make_progress
+    from nnrun.workflows.train import run
+
+    main = not is_worker() or is_rank_zero()
     console = err_console()
-    progress = make_progress(recipe.log.progress, console, recipe.log.refresh_per_second)
-    console.print(f"[bold]nnrun train[/] {recipe.name}: {recipe.model.arch} on {recipe.data.source}, "
-                  f"{recipe.optimizer.name} lr={recipe.optimizer.lr:g}, {recipe.train.epochs:g} epochs")
+    progress = make_progress(recipe.log.progress, console, recipe.log.refresh_per_second) if main else None
+    if main:
+        console.print(f"[bold]nnrun train[/] {recipe.name}: {recipe.model.arch} on {recipe.data.source}, "
+                      f"{recipe.optimizer.name} lr={recipe.optimizer.lr:g}, {recipe.train.epochs:g} epochs")
+
     def show_notes(lines: list[str]) -> None:
-        for line in lines:
+        for line in lines if main else []:
             console.print(f"  {escape(line)}")
 
     result = run(recipe,
@@ -46,8 +78,9 @@ def command(args, run_dir, resume, device):
                  resume=resume,
                  device=device,
                  callbacks=[progress] if progress else [])
-    _summary(console, result)
-    out_console().print(str(result.best_checkpoint or result.last_checkpoint or result.run_dir))
+    if main:
+        _summary(console, result)
+        out_console().print(str(result.best_checkpoint or result.last_checkpoint or result.run_dir))
     if result.interrupted:
         sys.exit(130 if result.signal == "SIGINT" else 143)
     if result.stop_reason.startswith("non-finite"):

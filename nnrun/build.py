@@ -22,9 +22,10 @@ from nnrun.components.losses import build_loss
 from nnrun.components.models import build_model
 from nnrun.components.optim import build_optimizer, describe_groups
 from nnrun.components.schedules import Schedule, build_schedule
-from nnrun.data import DataBundle, load_data, make_batches, normalize_split
+from nnrun.data import DataBundle, load_data, make_batches, normalize_split, shard_split
 from nnrun.data.batching import Batches
 from nnrun.data.normalize import fit_normalizer
+from nnrun.distributed import SINGLE, World
 from nnrun.errors import CheckpointError, DataError, Problem, RecipeError
 from nnrun.recipe import to_dict
 from nnrun.recipe.checks import schedule_problems
@@ -49,6 +50,7 @@ class Components:
     val_batches: Batches | None
     total_steps: int
     notes: list[str] = field(default_factory=list)  # what the build did that a person should see
+    world: World = SINGLE  # the processes that share each global batch
 
     def data_info(self) -> dict:
         """What predict/ensemble need to know about the data without loading it."""
@@ -177,20 +179,45 @@ def _batch_of_one(recipe: Recipe, data: DataBundle, model: nn.Module, device: to
 
 
 def _batches(recipe: Recipe, data: DataBundle, device: torch.device, model: nn.Module, *,
-             one_batch: bool = False) -> tuple[Batches, Batches | None, list[str]]:
+             one_batch: bool = False, world: World = SINGLE) -> tuple[Batches, Batches | None, list[str]]:
     """Training and validation batches, and what a person should know about them (see _batch_of_one;
-    ``one_batch``: the caller trains on the first batch only and judges its size itself)."""
+    ``one_batch``: the caller trains on the first batch only and judges its size itself). With
+    several processes each takes its chunk of every global batch and a contiguous slice of the
+    validation split."""
     d = recipe.data
-    fold, notes = (False, []) if one_batch else _batch_of_one(recipe, data, model, device)
+    fold, notes = (False, []) if one_batch or world.active else _batch_of_one(recipe, data, model, device)
+    shard = (world.rank, world.world_size)
     train = make_batches(data.train, batch_size=d.batch_size, shuffle=d.shuffle, seed=recipe.seed,
-                         drop_last=d.drop_last, num_workers=d.num_workers, device=device, fold_single=fold)
+                         drop_last=d.drop_last, num_workers=d.num_workers, device=device, fold_single=fold,
+                         shard=shard)
     if len(train) == 0:
         raise RecipeError([Problem(("data", "batch_size"), f"{d.batch_size} with drop_last leaves no batch of the "
                                                            f"{data.train.num_examples} training examples; lower it "
                                                            "or set drop_last: false")])
-    val = None if data.val is None else make_batches(data.val, batch_size=d.eval_batch_size, shuffle=False,
-                                                     seed=recipe.seed, num_workers=d.num_workers, device=device)
+    if world.active:
+        _check_chunks(recipe, train, model, world)
+    val = data.val if data.val is None or not world.active else shard_split(data.val, world.rank, world.world_size)
+    val = None if val is None else make_batches(val, batch_size=d.eval_batch_size, shuffle=False,
+                                                seed=recipe.seed, num_workers=d.num_workers, device=device)
     return train, val, notes
+
+
+def _check_chunks(recipe: Recipe, train: Batches, model: nn.Module, world: World) -> None:
+    """Several processes: the global batch must reach every process, and a BatchNorm layer (which
+    normalizes over its own process's chunk) must never get a chunk of one example."""
+    d, w = recipe.data, world.world_size
+    if d.batch_size < w:
+        raise RecipeError([Problem(("data", "batch_size"), f"{d.batch_size} is the global batch and cannot be "
+                                                           f"shared by {w} processes; use at least {w}")])
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+                 for m in model.modules())
+    sizes = {train.global_size(0), train.global_size(len(train) - 1)}
+    if has_bn and any(0 < s < 2 * w for s in sizes) and not recipe.train.sync_bn == "on":
+        raise RecipeError([Problem(("data", "batch_size"), f"BatchNorm on {w} processes normalizes each process's "
+                                                           f"chunk of a batch, and a batch of {min(sizes)} gives "
+                                                           "some process a single example; use a global batch of "
+                                                           f"at least {2 * w}, data.drop_last: true, or "
+                                                           "model.norm: group")])
 
 
 def _accumulation_note(recipe: Recipe, model: nn.Module) -> list[str]:
@@ -202,14 +229,15 @@ def _accumulation_note(recipe: Recipe, model: nn.Module) -> list[str]:
 
 
 def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
-          normalizer: dict | None = None, one_batch: bool = False) -> Components:
+          normalizer: dict | None = None, one_batch: bool = False, world: World = SINGLE) -> Components:
     """Build every component of a training run from a validated recipe (``one_batch``: for
-    overfit-one-batch, which trains on the first batch only)."""
+    overfit-one-batch, which trains on the first batch only; ``world``: the processes that share
+    each global batch, see :mod:`nnrun.distributed`)."""
     seed_everything(recipe.seed)
     data, normalizer = build_data(recipe, base_dir=base_dir, normalizer=normalizer)
     notes = data.training_notes()
     model = build_initialized_model(recipe, data, device=device)
-    train_batches, val_batches, batch_notes = _batches(recipe, data, device, model, one_batch=one_batch)
+    train_batches, val_batches, batch_notes = _batches(recipe, data, device, model, one_batch=one_batch, world=world)
     notes += [load_pretrained(model, recipe.init.from_)] if recipe.init.from_ else []
     notes += batch_notes
     check_patterns(recipe.model, model)
@@ -226,4 +254,4 @@ def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
                               lr=recipe.optimizer.lr, monitor_mode=mode, momentum=recipe.optimizer.momentum_schedule)
     loss_fn = build_loss(recipe.train, task=data.task)
     return Components(recipe, device, data, normalizer, model, optimizer, schedule, loss_fn,
-                      train_batches, val_batches, total_steps, notes)
+                      train_batches, val_batches, total_steps, notes, world)

@@ -25,7 +25,7 @@ from nnrun.errors import CheckpointError, writing
 from nnrun.files import crash_point, write_atomic, write_text_atomic
 
 FORMAT = "nnrun-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `rng` is a list with one entry per process, `world_size`
 WRITE_HINT = "free space or choose a writable folder with --run-dir (or log.run_dir=...)"
 
 
@@ -118,7 +118,7 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
     "model": (dict,), "recipe": (dict,), "normalization": (dict,), "data": (dict,), "epoch": (int,), "step": (int,),
 }
 _FOR_RESUME: dict[str, tuple[type, ...]] = {
-    "batch": (int,), "history": (list,), "optimizer": (dict,), "schedule": (dict,), "rng": (dict,),
+    "batch": (int,), "history": (list,), "optimizer": (dict,), "schedule": (dict,), "rng": (dict, list),
     "epoch_examples": (int,), "bad_evals": (int,), "best": (dict, type(None)),
 }
 _DATA_KEYS = {"task": (str,), "num_outputs": (int,), "input_shape": (list, tuple)}

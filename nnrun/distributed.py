@@ -2,8 +2,8 @@
 
 nnrun runs data-parallel on PyTorch's own engine: `torch.distributed` with DistributedDataParallel,
 launched by `torchrun` (or `nnrun train --nproc N`, which starts torchrun in-process). Everything
-here is a no-op when the world has one process, and `torch.distributed` is imported only when it
-has more (it costs ~0.15 s at start-up).
+here is a no-op when the world has one process (`import torch` itself already imports
+`torch.distributed` in torch 2.x; one process initializes no process group).
 
 Rules the loop keeps: every collective runs on every rank at the same point of the loop, never in
 code only rank 0 reaches (a rank-0-only save that waits on a collective hangs the job until the
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -43,6 +45,10 @@ class World:
         return self.rank == 0
 
 
+SINGLE = World()
+"""One process (the default everywhere)."""
+
+
 def world() -> World:
     """The world torchrun (or SLURM through torchrun) describes in the environment; one process otherwise."""
     env = os.environ
@@ -51,14 +57,9 @@ def world() -> World:
                  local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(size))))
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist
-
 
 def initialized() -> bool:
-    return world().active and _dist().is_initialized()
+    return world().active and dist.is_initialized()
 
 
 def init(w: World, device: torch.device) -> None:
@@ -67,7 +68,6 @@ def init(w: World, device: torch.device) -> None:
     unless GLOO_SOCKET_IFNAME says otherwise (hostname-based interface choice is flaky)."""
     if not w.active:
         return
-    dist = _dist()
     if dist.is_initialized():
         return
     if device.type == "cpu" and w.local_world_size == w.world_size:
@@ -77,16 +77,22 @@ def init(w: World, device: torch.device) -> None:
     dist.init_process_group(backend=backend, timeout=TIMEOUT, rank=w.rank, world_size=w.world_size, **kwargs)
 
 
+def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The DDP wrapper for training forwards (the raw module stays what is evaluated and saved).
+    Only parameters that require gradients are synced, so a change of the frozen set re-wraps."""
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def shutdown() -> None:
     """Leave the process group (every rank, at the end of the run)."""
     if initialized():
-        _dist().destroy_process_group()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over the ranks, in place (returned for convenience); identity with one process."""
     if initialized():
-        _dist().all_reduce(t)
+        dist.all_reduce(t)
     return t
 
 
@@ -95,8 +101,17 @@ def agree(flag: bool, device: torch.device) -> bool:
     if not initialized():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
-    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest of each value over the ranks (the values themselves with one process)."""
+    if not initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def gather_objects(obj: Any) -> list[Any]:
@@ -104,7 +119,7 @@ def gather_objects(obj: Any) -> list[Any]:
     if not initialized():
         return [obj]
     out: list[Any] = [None] * world().world_size
-    _dist().all_gather_object(out, obj)
+    dist.all_gather_object(out, obj)
     return out
 
 
@@ -113,7 +128,7 @@ def broadcast_object(obj: Any) -> Any:
     if not initialized():
         return obj
     box = [obj]
-    _dist().broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -126,7 +141,7 @@ def average_buffers(model: nn.Module) -> None:
     if not buffers:
         return
     flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
-    _dist().all_reduce(flat)
+    dist.all_reduce(flat)
     flat /= world().world_size
     offset = 0
     with torch.no_grad():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAZY_OK = ("optuna", "matplotlib", "torch.utils.tensorboard", "torch.distributed", "PIL")
+LAZY_OK = ("optuna", "matplotlib", "torch.utils.tensorboard", "PIL")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ large evaluation set does not lose precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,15 @@ class Accumulator:
         self._sums += batch
         self.examples += targets.shape[0]
 
+    def reduce(self, all_reduce_sum) -> None:
+        """Add up the sums and counts of every process (one collective): metrics of a split shared
+        out across processes are then exactly those of the whole split."""
+        packed = torch.cat([self._sums.double(), torch.tensor([float(self.examples), float(self.values)],
+                                                              dtype=torch.float64, device=self.device)])
+        all_reduce_sum(packed)
+        self._sums = packed[:3].to(self._sums.dtype)
+        self.examples, self.values = int(packed[3].item()), int(packed[4].item())
+
     def compute(self, prefix: str = "val_") -> dict[str, float]:
         """The metrics so far, e.g. ``{"val_loss": ..., "val_acc": ...}`` (one host transfer).
 
@@ -83,7 +92,8 @@ class Accumulator:
 
 
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, task: str,
-             device: torch.device | str, prefix: str = "val_") -> dict[str, float]:
+             device: torch.device | str, prefix: str = "val_",
+             all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
     """Loss and metrics of ``model`` over ``batches`` of ``(x, y)``.
 
     Runs in eval mode under ``torch.inference_mode()`` and restores every module's previous
@@ -98,6 +108,8 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, task: s
         task: ``classification`` or ``regression``.
         device: the model's device; batches are moved there with ``non_blocking=True``.
         prefix: metric name prefix (``val_``, ``test_``...).
+        all_reduce_sum: several processes, each with its part of the split: sums the accumulated
+            sums and counts over them before the metrics are computed.
 
     Returns:
         e.g. ``{"val_loss": 0.31, "val_acc": 0.91}``.
@@ -115,4 +127,6 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module, *, task: s
     finally:
         for m, mode in modes.items():
             m.training = mode
+    if all_reduce_sum is not None:
+        acc.reduce(all_reduce_sum)
     return acc.compute(prefix)

@@ -10,8 +10,8 @@ from nnrun.data.batching import Batches, LoaderBatches, TensorBatches, epoch_ord
 from nnrun.data.loading import load_data
 from nnrun.data.normalize import apply_normalizer, fit_normalizer, normalize_split
 from nnrun.data.sources import LOADERS
-from nnrun.data.splits import DataBundle, Split, StreamSplit, TensorSplit
+from nnrun.data.splits import DataBundle, Split, StreamSplit, TensorSplit, shard_split
 
 __all__ = ["load_data", "DataBundle", "Split", "TensorSplit", "StreamSplit", "fit_normalizer",
            "apply_normalizer", "normalize_split", "Batches", "TensorBatches", "LoaderBatches",
-           "epoch_order", "make_batches", "LOADERS"]
+           "epoch_order", "make_batches", "LOADERS", "shard_split"]

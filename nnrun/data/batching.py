@@ -4,7 +4,12 @@ Exact mid-epoch resume needs nothing but the epoch number and the batch index: t
 regenerated from its own ``torch.Generator`` and the first ``start`` batches are skipped
 without being loaded. Batching never draws from the global RNG, so dropout and other random
 ops see the same stream whether or not a run was resumed (the failure behind Lightning
-#17543/#18780). Later, DDP can shard the same per-epoch order by rank.
+#17543/#18780).
+
+With several processes (`shard=(rank, world)`) every process draws the same order, and each
+*global* batch (of `batch_size` examples) is cut into `world` contiguous chunks, one per process
+(the first `n % world` chunks one example longer; a chunk can be empty). The position stays
+(epoch, global batch), so a run resumes on any number of processes at the same place.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class Batches(Protocol):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch``, skipping the first ``start`` of them."""
 
+    def global_size(self, b: int) -> int:
+        """Examples in global batch ``b`` over all processes."""
+
 
 def order_seed(seed: int, epoch: int) -> int:
     """The generator seed of one epoch's order (distinct for each (seed, epoch) pair in practice)."""
@@ -52,6 +60,12 @@ def num_batches(n: int, batch_size: int, drop_last: bool, fold_single: bool = Fa
     return count - 1 if fold_single and count > 1 and n % batch_size == 1 else count
 
 
+def chunk(idx: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """This process's contiguous part of a global batch's indices (all of them with one process)."""
+    rank, world = shard
+    return idx if world == 1 else idx.tensor_split(world)[rank]
+
+
 def batch_bounds(b: int, count: int, n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     """The [lo, hi) example positions of batch ``b`` of ``count``: the last batch keeps every
     remaining example unless ``drop_last`` (which is how a folded single example joins it)."""
@@ -67,27 +81,32 @@ class TensorBatches:
     """
 
     def __init__(self, split: TensorSplit, *, batch_size: int, shuffle: bool, seed: int,
-                 drop_last: bool = False, device: torch.device | None = None, fold_single: bool = False):
+                 drop_last: bool = False, device: torch.device | None = None, fold_single: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         self.x, self.y = split.x, split.y
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.fold_single = fold_single
+        self.fold_single, self.shard = fold_single, shard
         if device is not None and torch.device(device).type == "cuda":
             self.x, self.y = _to_device_if_fits(self.x, self.y, torch.device(device))
 
     def __len__(self) -> int:
         return num_batches(self.x.shape[0], self.batch_size, self.drop_last, self.fold_single)
 
+    def global_size(self, b: int) -> int:
+        lo, hi = batch_bounds(b, len(self), self.x.shape[0], self.batch_size, self.drop_last)
+        return hi - lo
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         n, count = self.x.shape[0], len(self)
         order = None
-        if self.shuffle:
-            order = epoch_order(n, seed=self.seed, epoch=epoch, shuffle=True).to(self.x.device)
+        if self.shuffle or self.shard[1] > 1:
+            order = epoch_order(n, seed=self.seed, epoch=epoch, shuffle=self.shuffle).to(self.x.device)
         for b in range(start, count):
             lo, hi = batch_bounds(b, count, n, self.batch_size, self.drop_last)
             if order is None:  # sequential (evaluation): slices are views, no copy at all
                 yield self.x[lo:hi], self.y[lo:hi]
             else:
-                idx = order[lo:hi]
+                idx = chunk(order[lo:hi], self.shard)
                 yield self.x[idx], self.y[idx]
 
 
@@ -107,9 +126,10 @@ class _EpochBatchSampler:
     """A batch sampler told which epoch and start batch to yield (mutable, so a persistent
     DataLoader keeps its workers across epochs)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, fold_single: bool = False):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, fold_single: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
-        self.fold_single = fold_single
+        self.fold_single, self.shard = fold_single, shard
         self.epoch, self.start = 0, 0
 
     def count(self) -> int:
@@ -120,11 +140,11 @@ class _EpochBatchSampler:
         return self.count() - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).tolist()
+        order = epoch_order(self.n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
         count = self.count()
         for b in range(self.start, count):
             lo, hi = batch_bounds(b, count, self.n, self.batch_size, self.drop_last)
-            yield order[lo:hi]
+            yield chunk(order[lo:hi], self.shard).tolist()
 
 
 class LoaderBatches:
@@ -133,8 +153,8 @@ class LoaderBatches:
 
     def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
                  drop_last: bool = False, num_workers: int = 0, device: torch.device | None = None,
-                 fold_single: bool = False):
-        self.sampler = _EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, fold_single)
+                 fold_single: bool = False, shard: tuple[int, int] = (0, 1)):
+        self.sampler = _EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, fold_single, shard)
         self.seed = seed
         # A private generator: the DataLoader otherwise draws its worker base seed from the
         # global RNG, which would shift dropout's random stream on every epoch (and on resume).
@@ -147,9 +167,14 @@ class LoaderBatches:
     def __len__(self) -> int:
         return self.sampler.count()
 
+    def global_size(self, b: int) -> int:
+        lo, hi = batch_bounds(b, len(self), self.sampler.n, self.sampler.batch_size, self.sampler.drop_last)
+        return hi - lo
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start = epoch, start
-        self.generator.manual_seed(order_seed(self.seed, epoch))  # worker seeds per epoch, resumable
+        # worker seeds per epoch (and per process), resumable
+        self.generator.manual_seed(order_seed(self.seed, epoch) + self.sampler.shard[0])
         try:
             yield from self.loader
         except DataError as exc:
@@ -167,7 +192,8 @@ def _unwrap_worker_error(exc: DataError) -> DataError:
 
 
 def make_batches(split: Split, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                 num_workers: int = 0, device: torch.device | None = None, fold_single: bool = False) -> Batches:
+                 num_workers: int = 0, device: torch.device | None = None, fold_single: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> Batches:
     """The right batcher for a split: :class:`TensorBatches` in memory, :class:`LoaderBatches` streamed.
 
     Args:
@@ -180,14 +206,16 @@ def make_batches(split: Split, *, batch_size: int, shuffle: bool, seed: int, dro
         device: the training device; cuda moves in-memory data there once / pins streamed batches.
         fold_single: a last batch of one example joins the batch before it (for BatchNorm, which
             cannot train on one example; see :func:`num_batches`).
+        shard: (rank, world): yield this process's chunk of every global batch.
 
     Returns:
         An object with ``len()`` (batches per epoch) and ``epoch(e, start=0)``.
     """
     if isinstance(split, TensorSplit):
         return TensorBatches(split, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             drop_last=drop_last, device=device, fold_single=fold_single)
+                             drop_last=drop_last, device=device, fold_single=fold_single, shard=shard)
     if isinstance(split, StreamSplit):
         return LoaderBatches(split.dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             drop_last=drop_last, num_workers=num_workers, device=device, fold_single=fold_single)
+                             drop_last=drop_last, num_workers=num_workers, device=device, fold_single=fold_single,
+                             shard=shard)
     raise TypeError(f"cannot batch a {type(split).__name__}")

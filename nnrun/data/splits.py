@@ -266,3 +266,11 @@ def tensor_split(x: Any, y: Any, *, where: str, split: str) -> TensorSplit:
 def describe_counts(parts: Sequence[tuple[str, Split | None]]) -> str:
     """``"1294 train / 144 val / 359 test"`` for the splits that exist."""
     return " / ".join(f"{s.num_examples} {name}" for name, s in parts if s is not None)
+
+
+def shard_split(split: Split, rank: int, world: int) -> Split:
+    """Process `rank`'s contiguous part of a split (evaluation on several processes: no example
+    twice, none padded; the first `n % world` parts one example longer)."""
+    if world == 1:
+        return split
+    return split.subset(torch.arange(split.num_examples).tensor_split(world)[rank])

@@ -297,6 +297,11 @@ class TrainConfig:
     max_rollbacks: int = opt(3, "rollback: give up (stop) after this many rollbacks.", min=1)
     explosion_factor: float = opt(10.0, "Warn when a gradient norm exceeds this many times the recent median.",
                                   min=1.0)
+    sync_bn: str = opt("auto", "Several processes: SyncBatchNorm (batch statistics over the global batch; CUDA "
+                               "only). auto: on for CUDA with BatchNorm; off: each process normalizes its chunk.",
+                       choices=("auto", "on", "off"))
+    checkpoint_every: int = opt(0, "Also write last.pt every N optimizer steps between evaluations (long epochs, "
+                                   "preemption, elastic restarts); 0: only at evaluations.", min=0)
 
 
 @dataclass(frozen=True)

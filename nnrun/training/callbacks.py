@@ -58,6 +58,9 @@ class Callback:
     def on_event(self, trainer: Trainer, message: str) -> None:
         """A warning worth showing (gradient-norm spike, skipped non-finite steps, rollback)."""
 
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        """Every `train.checkpoint_every` optimizer steps (0: never): a point to save the state."""
+
     def on_fit_end(self, trainer: Trainer, reason: str) -> None: ...
 
     def close(self) -> None:
@@ -117,6 +120,11 @@ class Checkpointing(Callback):
         crash_point("checkpoint:before-last")
         self.last_path = self.saver.save_last(payload, finite=finite)
         self._saved_step = trainer.state.step
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        if trainer.state.step != self._saved_step:
+            self.last_path = self.saver.save_last(trainer.state_dict())
+            self._saved_step = trainer.state.step
 
     def on_fit_end(self, trainer: Trainer, reason: str) -> None:
         if reason.startswith("non-finite"):

@@ -15,13 +15,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from nnrun import distributed
 from nnrun.build import build, monitor_of
-from nnrun.errors import CheckpointError, OutputError, writing
+from nnrun.distributed import SINGLE, World
+from nnrun.errors import CheckpointError, NnrunError, OutputError, writing
 from nnrun.files import write_text_atomic
 from nnrun.recipe import dump
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import metric_info, split_seed
-from nnrun.runtime import is_main_process, resolve_device
+from nnrun.runtime import resolve_device, seed_everything
 from nnrun.training import loggers, run_folder
 from nnrun.training.callbacks import Callback, Checkpointing, EnsembleMembers, MetricsFile
 from nnrun.training.trainer import LoopSettings, Trainer
@@ -90,22 +94,31 @@ class Session:
         notes: called with the build's notes (parameter groups, init.from report) before training.
     """
 
-    def __init__(self, recipe: Recipe, *, run_dir: Path, payload: dict | None = None, device: str | None = None,
-                 callbacks: Sequence[Callback] = (), base_dir: Path | None = None,
-                 notes: Callable[[list[str]], None] | None = None):
-        self.run_dir, self.saver, self.trainer = run_dir, None, None
-        self.lock = run_folder.claim(run_dir, resume=payload is not None) if is_main_process() else None
+    def __init__(self, recipe: Recipe, *, run_dir: Path, payload: dict | None = None,
+                 device: str | torch.device | None = None, callbacks: Sequence[Callback] = (),
+                 base_dir: Path | None = None, notes: Callable[[list[str]], None] | None = None,
+                 world: World = SINGLE):
+        self.run_dir, self.saver, self.trainer, self.lock, self.world = run_dir, None, None, None, world
+        error = None
         try:
+            self.lock = run_folder.claim(run_dir, resume=payload is not None) if world.is_main else None
             self._build(recipe, payload, device, callbacks, base_dir, notes)
+        except Exception as exc:  # noqa: BLE001 - every process must learn that one failed (below)
+            error = exc
+        try:
+            agree_on_setup(world, error)
         except BaseException:
             self.close()
             raise
 
     def _build(self, recipe, payload, device, callbacks, base_dir, notes) -> None:
-        if recipe.log.tensorboard and is_main_process():
+        if recipe.log.tensorboard and self.world.is_main:
             loggers.preload()
-        c = build(recipe, device=resolve_device(device or recipe.train.device), base_dir=base_dir,
-                  normalizer=payload["normalization"] if payload else None)
+        dev = device if isinstance(device, torch.device) else resolve_device(device or recipe.train.device)
+        c = build(recipe, device=dev, base_dir=base_dir, normalizer=payload["normalization"] if payload else None,
+                  world=self.world)
+        if self.world.active:
+            seed_everything(recipe.seed + self.world.rank)  # own dropout streams; init came from the same seed
         self.monitor, mode = monitor_of(recipe, c.data.task)
         if notes is not None and c.notes:
             notes(c.notes)
@@ -113,12 +126,14 @@ class Session:
                                 eval_every=recipe.train.eval_every, monitor=self.monitor, mode=mode,
                                 patience=recipe.train.patience)
         writers: list[Callback] = []
-        if is_main_process():
+        if self.world.is_main:
             writers, self.saver = file_writers(self.run_dir, recipe, monitor=self.monitor, mode=mode,
                                                resumed_from=Path(payload["path"]) if payload else None)
         self.trainer: Trainer | None = Trainer(c, settings, [*callbacks, *writers])
         if payload is not None:
-            _load_for_resume(self.trainer, payload)
+            resumed = _load_for_resume(self.trainer, payload)
+            if notes is not None and resumed:
+                notes(resumed)
 
     def close(self) -> None:
         """Close the callbacks' files and threads and give up the claim on the run folder."""
@@ -203,10 +218,27 @@ def _train_seeds(recipe: Recipe, *, run_dir: Path, **kwargs) -> TrainResult:
                        signal=last.signal, events=[e for m in members for e in m.events], members=members)
 
 
-def _load_for_resume(trainer: Trainer, payload: dict) -> None:
+def agree_on_setup(world: World, error: Exception | None) -> None:
+    """Raise `error`, and with several processes make all of them stop when any one failed to set up
+    (the others would wait in the first collective until the 30-minute timeout). Rank 0 reports
+    the first failure, whichever process had it; the CLI prints on rank 0 only."""
+    if not world.active:
+        if error is not None:
+            raise error
+        return
+    failures = [(rank, text) for rank, text in enumerate(distributed.gather_objects(
+        None if error is None else str(error))) if text is not None]
+    if error is not None:
+        raise error
+    if failures:
+        rank, text = failures[0]
+        raise NnrunError(f"process {rank} of {world.world_size} could not start: {text}")
+
+
+def _load_for_resume(trainer: Trainer, payload: dict) -> list[str]:
     """Restore the trainer, turning a model that does not fit the checkpoint into a clear error."""
     try:
-        trainer.load_state_dict(payload)
+        return trainer.load_state_dict(payload)
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise CheckpointError(f"{payload['path']} does not fit this recipe's model or optimizer ({first})",

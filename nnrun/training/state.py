@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from nnrun._version import __version__
-from nnrun.checkpoint import FORMAT, FORMAT_VERSION, capture_rng, restore_rng
+from nnrun.checkpoint import FORMAT, FORMAT_VERSION, restore_rng
+from nnrun.distributed import World
+from nnrun.runtime import seed_everything
 
 
 @dataclass
@@ -57,7 +59,7 @@ def make_payload(trainer) -> dict:
         "scaler": trainer.stepper.state_dict()["scaler"],
         "ema": trainer.averager.state_dict() if trainer.averager else None,
         "lr_scale": s.lr_scale, "rollbacks": s.rollbacks,
-        "rng": capture_rng(),
+        "rng": trainer.sharing.rng_states(), "world_size": trainer.sharing.world.world_size,
         "epoch": s.epoch, "batch": s.batch, "step": s.step,
         "epoch_loss_sum": None if s.epoch_loss_sum is None else s.epoch_loss_sum.detach().cpu(),
         "epoch_examples": s.epoch_examples,
@@ -69,8 +71,8 @@ def make_payload(trainer) -> dict:
     }
 
 
-def apply_payload(trainer, payload: dict) -> None:
-    """Continue a trainer from a checkpoint written by :func:`make_payload`."""
+def apply_payload(trainer, payload: dict) -> list[str]:
+    """Continue a trainer from a checkpoint written by :func:`make_payload` (returns notes for a person)."""
     trainer.model.load_state_dict(payload["model"])
     trainer.optimizer.load_state_dict(payload["optimizer"])
     trainer.schedule.load_state_dict(payload["schedule"])
@@ -84,4 +86,21 @@ def apply_payload(trainer, payload: dict) -> None:
     loss_sum = payload["epoch_loss_sum"]
     s.epoch_loss_sum = None if loss_sum is None else loss_sum.to(trainer.components.device)
     s.epoch_examples = payload["epoch_examples"]
-    restore_rng(payload["rng"])
+    return restore_rngs(payload, trainer.sharing.world, seed=trainer.components.recipe.seed)
+
+
+def restore_rngs(payload: dict, world: World, *, seed: int) -> list[str]:
+    """Put back this process's RNG states from a checkpoint of any number of processes; a process
+    the checkpoint has no states for (more processes than before) seeds from (seed, rank, step).
+    Returns a note when the number of processes changed."""
+    states = payload["rng"] if isinstance(payload["rng"], list) else [payload["rng"]]  # format 1: one dict
+    if world.rank < len(states):
+        restore_rng(states[world.rank])
+    else:
+        seed_everything((seed * 1_000_003 + world.rank * 7919 + payload["step"]) % 2**63)
+    saved = payload.get("world_size", len(states))
+    if saved == world.world_size:
+        return []
+    return [f"resumed a run of {saved} process(es): the data order and position are exact, the dropout "
+            "random streams are derived again, so the run is consistent but not bit-identical to one that "
+            "kept its process count"]

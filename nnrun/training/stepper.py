@@ -67,14 +67,25 @@ class Stepper:
         self.fused = any(g.get("fused") for g in optimizer.param_groups)
         self.layer_norms_every = layer_norms_every
         self.layer_norms: dict[str, torch.Tensor] = {}
+        self.ddp: torch.nn.Module | None = None   # several processes: the DDP wrapper that syncs gradients
+        self.world_size = 1
+        self._zero = torch.zeros((), device=device)
+
+    def share(self, ddp: torch.nn.Module | None, world_size: int) -> None:
+        """Train through `ddp` (a DistributedDataParallel around the model) with `world_size` processes."""
+        self.ddp, self.world_size = ddp, world_size
 
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def forward_backward(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
-        """Accumulate gradients of every micro-batch; return the mean loss and the example count."""
+    def forward_backward(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                         global_sizes: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+        """Accumulate gradients of every micro-batch; return the mean loss and the example count
+        (of this process; `global_sizes`: the examples of each micro-batch over all processes)."""
+        if self.ddp is not None:
+            return self._forward_backward_shared(batches, global_sizes)
         if len(batches) == 1:  # the common case: no weighting, no extra tensor ops
             x, y = batches[0]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -97,17 +108,42 @@ class Stepper:
             loss_sum = part if loss_sum is None else loss_sum + part
         return loss_sum / total, total
 
+    def _forward_backward_shared(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                                 global_sizes: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """Several processes. Micro-batch i of this process holds n_i of the N_i examples of global
+        batch i; weighting its mean loss by n_i * W / sum(N) makes DDP's average of the W gradients
+        the gradient of the whole global step, also for uneven chunks and empty ones (an empty chunk
+        contributes `out.sum() * 0`, so every parameter still takes part in the all-reduce). The
+        gradients are synced once, on the last micro-batch (`no_sync` for the others)."""
+        scale = self.world_size / sum(global_sizes)
+        loss_sum, local = self._zero.clone(), 0
+        for i, (x, y) in enumerate(batches):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.ddp(x)
+                    loss = self.loss_fn(out, y) if len(y) else out.sum() * 0.0
+                weighted = loss * (len(y) * scale)
+                (self.scaler.scale(weighted) if self.scaler else weighted).backward()
+            loss_sum += loss.detach().float() * len(y)
+            local += len(y)
+        return loss_sum / max(local, 1), local
+
     def step(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int, *,
-             want_norm: bool = True) -> StepOutput:
+             want_norm: bool = True, global_sizes: Sequence[int] | None = None) -> StepOutput:
         """One optimizer step on `batches` (the micro-batches of this step).
 
         The gradient norm is computed when a clip policy needs it, under fp16 (to see overflow)
         or when `want_norm` asks (log steps); the non-finite check then covers the gradients too,
-        otherwise the loss (a bad gradient shows in the next step's loss)."""
-        loss, total = self.forward_backward(batches)
+        otherwise the loss (a bad gradient shows in the next step's loss). With several processes
+        the guard decides on the synchronized gradient norm alone, which every process computes
+        alike (the loss is each process's own), so all of them skip or apply the same steps."""
+        loss, total = self.forward_backward(batches, global_sizes)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        clip = self.clipper(want_norm or self.scaler is not None)
+        shared = self.ddp is not None
+        clip = self.clipper(want_norm or self.scaler is not None or shared)
         if self.layer_norms_every and (step + 1) % self.layer_norms_every == 0:
             self.layer_norms = layer_grad_norms(self.named)
         norm = clip.before if clip else None
@@ -121,7 +157,7 @@ class Stepper:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            bad = self.guard.flag(loss, norm)
+            bad = self.guard.flag(self._zero if shared else loss, norm)
             self._apply(self.guard.skip(bad, step))
         return StepOutput(loss, total, norm, clip.after if clip else None, clip.clipped if clip else None,
                           bad, overflow)

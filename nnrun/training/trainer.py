@@ -14,6 +14,7 @@ run only through :meth:`Trainer.request_stop`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from nnrun.training.averaging import WeightAverage
 from nnrun.training.callbacks import Callback
 from nnrun.training.guard import NonFinitePolicy
 from nnrun.training.series import StepSeries
+from nnrun.training.sharing import sharing_for
 from nnrun.training.state import LoopSettings, TrainState, apply_payload, make_payload
 from nnrun.training.stepper import StepOutput, make_stepper
 
@@ -74,14 +76,25 @@ class Trainer:
         self._log_norm: torch.Tensor | None = None
         self._applied: tuple | None = None
         self._rewound = False
-        self._stop_requested: str | None = None
+        self._stop_requested: str | None = None   # the stop the loop acts on (agreed by all processes)
+        self._stop_local: str | None = None       # a stop asked in this process, not yet agreed on
         self._t_log = time.perf_counter()
-        self._examples_since_log = 0
+        self._examples_since_log = self._last_examples = 0
+        self.sharing = sharing_for(components.world, components.device)
+        self.checkpoint_every = recipe.train.checkpoint_every
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
-        """Stop at the next step boundary (signal handlers and callbacks call this)."""
-        self._stop_requested = reason
+        """Stop at the next step boundary (signal handlers and callbacks call this). With several
+        processes the stop takes effect where all of them agree on it (the next log boundary or
+        evaluation), so every process stops at the same step."""
+        self._stop_local = self._stop_local or reason
+        if not self.sharing.active:
+            self._stop_requested = self._stop_local
+
+    def _agree_stop(self) -> None:
+        if self.sharing.active and self._stop_requested is None and self.sharing.agree(self._stop_local is not None):
+            self._stop_requested = self._stop_local or "interrupted"
 
     def event(self, message: str) -> None:
         """A warning worth showing: kept in the state and passed to every callback."""
@@ -131,17 +144,23 @@ class Trainer:
                 self._poll_guard()
             reason = self._stop_requested or reason
         s.stop_reason = reason
+        self.sharing.sync_buffers(self._averaged_models())
+        self.sharing.gather_rng()
         for cb in self.callbacks:
             cb.on_fit_end(self, reason)
         return s
+
+    def _averaged_models(self) -> list[torch.nn.Module]:
+        """The models whose buffers must agree across processes before an evaluation or a save."""
+        return [self.model] + ([self.averager.model] if self.averager is not None else [])
 
     def begin_epoch(self, epoch: int) -> None:
         """Freeze what `model.freeze`/`unfreeze` say for `epoch` and put the model in train mode
         (frozen BatchNorm layers stay in eval with `freeze_bn`). lr-find and overfit use it too."""
         model_cfg = self.components.recipe.model
-        if model_cfg.freeze:
-            apply_freeze(self.model, model_cfg, epoch)
+        frozen = apply_freeze(self.model, model_cfg, epoch) if model_cfg.freeze else set()
         set_train_mode(self.model, model_cfg)
+        self.sharing.train_module(self.model, frozenset(frozen), self.stepper)
 
     def _run_epoch(self) -> None:
         s = self.state
@@ -165,7 +184,8 @@ class Trainer:
         self._apply_schedule(s.step)
         self._positions.append((s.step, s.epoch, s.batch))
         log_now = (s.step + 1) % self.settings.log_every == 0
-        out = self.stepper.step(micro_batches, s.step, want_norm=log_now)
+        sizes = self.sharing.global_sizes(self.components.train_batches, s.batch, len(micro_batches))
+        out = self.stepper.step(micro_batches, s.step, want_norm=log_now, global_sizes=sizes)
         if self.per_step:
             self.series.record(s.step, out)
         if log_now:
@@ -178,12 +198,18 @@ class Trainer:
             cb.on_step_end(self)
         if s.step % self.settings.log_every == 0:
             self._log()
+            self._agree_stop()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.checkpoint_every and s.step % self.checkpoint_every == 0 and not self._rewound:
+            self.sharing.sync_buffers(self._averaged_models())
+            self.sharing.gather_rng()
+            for cb in self.callbacks:
+                cb.on_checkpoint(self)
         crash_point("step")
 
     def _account(self, out: StepOutput) -> None:
         s = self.state
-        self.last_loss = out.loss
+        self.last_loss, self._last_examples = out.loss, out.examples
         s.epoch_loss_sum.add_(out.loss, alpha=out.examples)
         s.epoch_examples += out.examples
         self._examples_since_log += out.examples
@@ -238,8 +264,9 @@ class Trainer:
         rows = self._window()
         self.step_series = [(st + 1, values) for st, values in rows]
         self.layer_norms, self.stepper.layer_norms = self.stepper.layer_norms, {}
-        logs = {"train/loss": float(self.last_loss), **self.current_lrs(),
-                "throughput/samples_per_s": self._examples_since_log / max(now - self._t_log, 1e-9)}
+        loss, examples = self.sharing.shared_mean(self.last_loss, self._last_examples, self._examples_since_log)
+        logs = {"train/loss": loss, **self.current_lrs(),
+                "throughput/samples_per_s": examples / max(now - self._t_log, 1e-9)}
         if self._log_norm is not None:
             logs["grad_norm"] = float(self._log_norm)
         if rows:
@@ -258,10 +285,19 @@ class Trainer:
         flags = [(st, v["nonfinite/skipped"], v["grad_norm"]) for st, v in rows]
         if log_norm is not None and not rows:
             flags.append((self.state.step - 1, 0.0, log_norm))
-        report = self.stepper.guard.poll(flags)
+        report = self._shared_report(self.stepper.guard.poll(flags))
         if report.explosion:
             self.event(f"step {self.state.step}: {report.explosion}")
         self.policy.act(self, report, positions)
+
+    def _shared_report(self, report):
+        """Several processes: act on the largest counts any process saw (under fp16 the guard
+        counts each process's own loss), so the policy decides the same everywhere."""
+        if not self.sharing.active:
+            return report
+        bad, longest, current = self.sharing.all_reduce_max([report.bad_steps, report.max_consecutive,
+                                                              report.consecutive])
+        return dataclasses.replace(report, bad_steps=int(bad), max_consecutive=int(longest), consecutive=int(current))
 
     def rewind(self, payload: dict, *, rollbacks: int, lr_scale: float) -> None:
         """Go back to an earlier state (a rollback) with a new rollback count and rate scale."""
@@ -279,16 +315,19 @@ class Trainer:
 
     def _evaluate(self) -> None:
         self._poll_guard()  # an evaluation is a sync point anyway: act on non-finite steps first
+        self._agree_stop()
         if self._stop_requested or self._rewound:
             return
         s = self.state
-        train_loss = float(s.epoch_loss_sum / max(s.epoch_examples, 1)) if s.epoch_examples else None
+        self.sharing.sync_buffers(self._averaged_models())
+        train_loss = self._epoch_train_loss()
         record: dict[str, Any] = {"epoch": s.epoch if s.batch == 0 else s.epoch + s.batch / self.steps_per_epoch,
                                   "step": s.step, "train_loss": train_loss}
         record.update(self.evaluate_now())
         record.update(self._evaluate_average())
         record.update(self.current_lrs())
         s.epoch_loss_sum, s.epoch_examples = None, 0
+        self.sharing.gather_rng()  # the states after the evaluation's own draws (SWA's BN pass)
         s.history.append(record)
         self._update_best(record)
         if self.schedule.observe(record.get(self.settings.monitor)):
@@ -297,13 +336,22 @@ class Trainer:
             cb.on_eval_end(self, record)
         self.policy.remember(self)
 
+    def _epoch_train_loss(self) -> float | None:
+        """The mean training loss of the examples seen since the last evaluation (of all processes)."""
+        s = self.state
+        if not self.sharing.active:
+            return float(s.epoch_loss_sum / max(s.epoch_examples, 1)) if s.epoch_examples else None
+        count = torch.tensor(float(s.epoch_examples), dtype=torch.float64, device=s.epoch_loss_sum.device)
+        total = self.sharing.all_reduce_sum(torch.stack([s.epoch_loss_sum.double(), count]))
+        return float(total[0] / total[1]) if total[1] > 0 else None
+
     def evaluate_now(self, model: torch.nn.Module | None = None, prefix: str = "val_") -> dict:
         """Validation metrics of the model (or another, e.g. the averaged one) right now."""
         c = self.components
         if c.val_batches is None:
             return {}
         return evaluate(model or self.model, c.val_batches.epoch(0), self.loss_fn, task=c.data.task,
-                        device=c.device, prefix=prefix)
+                        device=c.device, prefix=prefix, all_reduce_sum=self.sharing.reducer())
 
     def _evaluate_average(self) -> dict:
         """EMA/SWA weights evaluated beside the raw ones (`ema_val_acc`, `swa_val_loss`, ...); SWA's
@@ -313,6 +361,7 @@ class Trainer:
             return {}
         if avg.kind == "swa":
             avg.recompute_bn(self.components.train_batches.epoch(self.state.epoch), self.components.device)
+            self.sharing.sync_buffers([avg.model])
         return self.evaluate_now(avg.model, prefix=f"{avg.kind}_val_")
 
     def _update_best(self, record: dict) -> None:
@@ -335,7 +384,8 @@ class Trainer:
         """Everything needed to resume exactly, as tensors and primitives (weights_only-safe)."""
         return make_payload(self)
 
-    def load_state_dict(self, payload: dict) -> None:
-        """Continue from a checkpoint written by :meth:`state_dict`."""
-        apply_payload(self, payload)
+    def load_state_dict(self, payload: dict) -> list[str]:
+        """Continue from a checkpoint written by :meth:`state_dict`; returns notes for a person."""
+        notes = apply_payload(self, payload)
         self._applied = None  # the optimizer's groups came from the file: write the rates again
+        return notes

@@ -1,7 +1,7 @@
 """`nnrun train` as a function: recipe -> trained run folder.
 
-The run itself is :func:`nnrun.training.session.train_recipe`; this use case adds the choice of
-folder, resuming from a checkpoint path, and signals: Ctrl-C and SIGTERM stop
+The run itself is :func:`nnrun.training.session.train_recipe`; this use case adds the process
+group (under torchrun), the choice of folder, resuming from a checkpoint path, and signals: Ctrl-C and SIGTERM stop
 the loop at the next step boundary and save `last.pt` with the position inside the epoch and
 every RNG state, so `--resume` continues bit-identically.
 """
@@ -12,11 +12,12 @@ import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnrun import checkpoint, signals
+from nnrun import checkpoint, distributed, signals
+from nnrun.errors import NnrunError, Problem, RecipeError
 from nnrun.files import crash_point
 from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
-from nnrun.runtime import recipe_threads
+from nnrun.runtime import recipe_threads, resolve_device
 from nnrun.training.callbacks import Callback
 from nnrun.training.run_folder import discard_if_unused
 from nnrun.training.session import TrainResult, seed_member, train_recipe
@@ -44,11 +45,16 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         handle_signals: bool = True, notes: Callable[[list[str]], None] | None = None) -> TrainResult:
     """Train a recipe; with `resume`, continue the run that wrote that checkpoint exactly.
 
+    Launched by torchrun (WORLD_SIZE > 1), every process runs this: they join the process group,
+    share each global batch, and rank 0 writes the files (see :mod:`nnrun.distributed`).
+
     Args:
         recipe: a validated recipe.
         run_dir: where to write; default a new `<log.run_dir>/<name>/<timestamp>/`, or the
             resumed run's own folder.
-        resume: a checkpoint file or run folder to continue from.
+        resume: a checkpoint file or run folder to continue from; `"auto"` (with `run_dir`):
+            continue from `<run_dir>/checkpoints/last.pt` when it exists, else start (the idiom for
+            torchrun's --max-restarts and preemption).
         device: overrides `train.device` (auto, cpu, cuda).
         callbacks: extra callbacks (e.g. the CLI's progress display).
         base_dir: folder that relative data paths are resolved against (the recipe's folder).
@@ -56,18 +62,62 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         notes: called with the build's notes (parameter groups, init.from report) before training.
     """
     crash_point("start")
+    world = distributed.world()
+    dev = resolve_device(device or recipe.train.device, local_rank=world.local_rank if world.active else None)
+    if world.active:
+        refuse_unsupported(recipe, world, dev)
+        distributed.init(world, dev)
+    try:
+        return _run(recipe, world, dev, run_dir=run_dir, resume=resume, callbacks=callbacks, base_dir=base_dir,
+                    handle_signals=handle_signals, notes=notes)
+    finally:
+        distributed.shutdown()
+
+
+def _run(recipe: Recipe, world: distributed.World, device, *, run_dir, resume, handle_signals, **session_args):
+    resume = auto_resume(resume, run_dir)
     payload = checkpoint.load(resume, resume=True) if resume is not None else None
     if payload is not None and run_dir is None:
         run_dir = Path(payload["path"]).parent.parent
     fresh = run_dir is None
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(recipe)
+    if fresh:  # rank 0 names the folder, the others learn it
+        run_dir = distributed.broadcast_object(str(new_run_dir(recipe)) if world.is_main else None)
+    run_dir = Path(run_dir)
     try:
-        return train_recipe(recipe, run_dir=run_dir, payload=payload, device=device, callbacks=callbacks,
-                            base_dir=base_dir, notes=notes, fit_context=stop_on_signals if handle_signals else None)
+        return train_recipe(recipe, run_dir=run_dir, payload=payload, device=device, world=world,
+                            fit_context=stop_on_signals if handle_signals else None, **session_args)
     except BaseException:
-        if fresh:
+        if fresh and world.is_main:
             discard_if_unused(run_dir)
         raise
+
+
+def auto_resume(resume: Path | str | None, run_dir: Path | None) -> Path | str | None:
+    """`--resume auto`: the run folder's last.pt when there is one, else None (a fresh start)."""
+    if resume is None or str(resume) != "auto":
+        return resume
+    if run_dir is None:
+        raise NnrunError("--resume auto needs --run-dir: the folder to continue when it holds a run",
+                         hint="e.g. nnrun train recipe.yaml --run-dir runs/job-42 --resume auto")
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    return last if last.is_file() else None
+
+
+def refuse_unsupported(recipe: Recipe, world: distributed.World, device) -> None:
+    """What several processes cannot do (yet), each as one clear error before anything starts."""
+    problems = []
+    if recipe.ensemble.seeds > 1:
+        problems.append(Problem(("ensemble", "seeds"), "a seed ensemble trains its members one after another in "
+                                                       "one process; run it without torchrun, or launch one "
+                                                       "torchrun job per seed"))
+    if recipe.ensemble.strategy == "snapshots":
+        problems.append(Problem(("ensemble", "strategy"), "snapshots are taken by one process at cycle ends; use "
+                                                          "checkpoints, ema or swa with several processes"))
+    if recipe.train.sync_bn == "on" and device.type != "cuda":
+        problems.append(Problem(("train", "sync_bn"), "SyncBatchNorm runs on CUDA only; use auto or off on the CPU "
+                                                      "(each process then normalizes its own chunk)"))
+    if problems:
+        raise RecipeError(problems, source=f"{recipe.name} on {world.world_size} processes")
 
 
 def resume_recipe(resume: Path | str, overrides: Sequence[str] = ()) -> Recipe:

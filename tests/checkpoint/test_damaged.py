@@ -40,7 +40,7 @@ def edited(tmp_path, payload, **changes):
     ({"format_version": "2"}, "no valid format_version"),
     ({"format_version": None}, "no valid format_version"),
     ({"format_version": 0}, "no valid format_version"),
-    ({"format_version": 99}, "format version 99; this nnrun reads up to 1"),
+    ({"format_version": 99}, f"format version 99; this nnrun reads up to {checkpoint.FORMAT_VERSION}"),
     ({"recipe": None}, "`recipe` is missing"),
     ({"normalization": None}, "`normalization` is missing"),
     ({"data": {}}, "`data.task` is missing"),

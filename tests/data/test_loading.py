@@ -83,7 +83,7 @@ def test_digits_counts_shapes_and_fixed_test_split():
     assert bundle.input_shape == (1, 8, 8) and bundle.train.x.dtype == torch.float32
     assert bundle.task == "classification" and bundle.num_classes == bundle.num_outputs == 10
     assert "1294 train / 144 val / 359 test" in bundle.description
-    raw = np.load(Path(__file__).parents[1] / "nnrun" / "data" / "digits.npz")
+    raw = np.load(Path(__file__).parents[2] / "nnrun" / "data" / "digits.npz")
     assert torch.equal(bundle.test.x[:, 0], torch.from_numpy(raw["x"][4::5].astype(np.float32)))
     other = load_data(cfg(source="digits"), seed=7, with_test=True)
     assert torch.equal(other.test.x, bundle.test.x)  # the test split does not depend on the seed

@@ -200,13 +200,9 @@ def test_resume_mid_cycle_gives_the_same_curve_and_weights(tiny_recipe, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_schedule_command_draws_without_training(tiny_recipe, tmp_path):
-    from click.testing import CliRunner
-
-    from nnrun.cli import main
-
+def test_schedule_command_draws_without_training(cli, tiny_recipe, tmp_path):
     png = tmp_path / "s.png"
-    res = CliRunner().invoke(main, ["schedule", str(tiny_recipe), "schedule.name=one_cycle", "--out", str(png)])
+    res = cli("schedule", tiny_recipe, "schedule.name=one_cycle", "--out", png)
     assert res.exit_code == 0, res.output
     assert "lr/default" in res.stderr and "momentum / beta1" in res.stderr
     assert png.stat().st_size > 1000 and not (tmp_path / "runs").exists()

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
 from nnrun import checkpoint
@@ -116,14 +115,12 @@ def test_swa_averages_from_its_start_with_its_own_rate(train_tiny):
     assert ema["kind"] == "swa" and ema["updates"] == 2 and ema["bn_fresh"]
 
 
-def test_seed_ensemble_shares_the_validation_split_and_feeds_nnrun_ensemble(train_tiny):
-    from nnrun.cli import main
-
+def test_seed_ensemble_shares_the_validation_split_and_feeds_nnrun_ensemble(cli, train_tiny):
     res = train_tiny(["train.epochs=1", "ensemble.seeds=2"])
     assert [m.run_dir.name for m in res.members] == ["seed-0", "seed-1"]
     recipes = [checkpoint.load(m.last_checkpoint)["recipe"] for m in res.members]
     assert [r["seed"] for r in recipes] == [3, 4] and {r["data"]["split_seed"] for r in recipes} == {3}
-    out = CliRunner().invoke(main, ["ensemble", str(res.run_dir)])
+    out = cli("ensemble", res.run_dir)
     assert out.exit_code == 0, out.output
     assert "val_acc=" in out.stdout
     assert json.loads((res.run_dir / "seed-1" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1

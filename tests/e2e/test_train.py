@@ -4,6 +4,7 @@ TensorBoard, exact resume (including a mid-epoch interrupt), predict, and clean 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -62,8 +63,7 @@ def test_same_recipe_and_seed_give_the_same_numbers(tiny_recipe, tmp_path):
     r = recipe_io.load(tiny_recipe)
     a = train_wf.run(r, run_dir=tmp_path / "a", handle_signals=False)
     b = train_wf.run(r, run_dir=tmp_path / "b", handle_signals=False)
-    assert a.history == [dict(h) for h in b.history] or \
-        [{k: v for k, v in h.items()} for h in a.history] == [{k: v for k, v in h.items()} for h in b.history]
+    assert a.history == b.history
     assert_same_weights(checkpoint.load(a.last_checkpoint)["model"], checkpoint.load(b.last_checkpoint)["model"])
 
 
@@ -91,8 +91,7 @@ def test_mid_epoch_interrupt_resumes_bit_identically(tiny_recipe, tmp_path):
     assert resumed.run_dir == tmp_path / "part" and resumed.steps == full.steps
     assert_same_weights(checkpoint.load(full.last_checkpoint)["model"],
                         checkpoint.load(resumed.last_checkpoint)["model"])
-    assert resumed.history == full.history[:0] + resumed.history  # history continues the run
-    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
+    assert resumed.history == full.history  # every epoch's record, the interrupted one included, as if never cut
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
 
@@ -270,10 +269,13 @@ def test_regression_from_npz_end_to_end(cli, tmp_path, write_recipe):
     ["init.weights=lsuv", "model.norm=layer"],
 ])
 def test_architectures_train_on_digits(tiny_recipe, tmp_path, overrides):
-    r = recipe_io.load(tiny_recipe, ["train.epochs=1", "data.limit=300", *overrides])
+    # One epoch of all 1,294 training digits (21 steps): each architecture gets below chance (ln 10 = 2.303);
+    # on 240 digits (4 steps) the ResNet was still at 2.48.
+    r = recipe_io.load(tiny_recipe, ["train.epochs=1", *overrides])
     res = train_wf.run(r, run_dir=tmp_path / "run", handle_signals=False)
     assert res.steps > 0 and res.last_checkpoint.is_file()
-    assert res.history[-1]["val_loss"] == res.history[-1]["val_loss"] < 10  # finite, not diverged
+    val_loss = res.history[-1]["val_loss"]
+    assert math.isfinite(val_loss) and val_loss < 2.3, val_loss  # learnt something, did not diverge
 
 
 @pytest.mark.slow

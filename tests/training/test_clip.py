@@ -172,18 +172,34 @@ def test_bf16_trains(train_tiny):
     assert res.stop_reason == "finished" and math.isfinite(res.history[-1]["val_loss"])
 
 
-def test_per_step_clip_logging_reaches_tensorboard(train_tiny):
+CLIP_LOGGING = [SMALL, "log.tensorboard=true", "clip.policy=global_norm", "clip.max_norm=0.1",
+                "clip.layer_norms_every=5", "train.epochs=1"]  # 8 steps
+
+
+def tensorboard_scalars(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = train_tiny([SMALL, "log.tensorboard=true", "clip.policy=global_norm", "clip.max_norm=0.1",
-                      "clip.layer_norms_every=5", "train.epochs=1"])
-    acc = EventAccumulator(str(res.run_dir / "tb"))
+    acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
+    return acc
+
+
+def test_per_step_clip_logging_reaches_tensorboard(train_tiny):
+    res = train_tiny([*CLIP_LOGGING, "log.every_n_steps=4"])  # two whole log windows; see the xfail below
+    acc = tensorboard_scalars(res.run_dir)
     steps = [e.step for e in acc.Scalars("grad_norm")]
-    assert steps == list(range(1, res.steps + 1)) or steps[:5] == [1, 2, 3, 4, 5]  # every step
+    assert steps == list(range(1, res.steps + 1))  # every step, not only every 4th
     after = [e.value for e in acc.Scalars("grad_norm/clipped")]
-    assert max(after) <= 0.1 + 1e-4
+    assert len(after) == res.steps and max(after) <= 0.1 + 1e-4
     assert {"clip/fraction", "grad_norm/layer/head.weight"} <= set(acc.Tags()["scalars"])
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: at the end of an epoch Trainer._evaluate polls the guard, "
+                   "which reads the per-step series of the steps since the last log window without logging them")
+def test_steps_after_the_last_log_window_reach_tensorboard(train_tiny):
+    res = train_tiny(CLIP_LOGGING)  # log.every_n_steps 5: steps 6-8 end the epoch outside a whole window
+    steps = [e.step for e in tensorboard_scalars(res.run_dir).Scalars("grad_norm")]
+    assert steps == list(range(1, res.steps + 1))  # today: [1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +211,10 @@ DIVERGE = ["optimizer.name=sgd", "optimizer.lr=1e30", "optimizer.momentum=0", "t
 
 def test_stop_names_the_step_and_module_and_keeps_the_last_finite_checkpoint(train_tiny):
     res = train_tiny([SMALL, *DIVERGE])
-    assert res.stop_reason.startswith("non-finite loss or gradient at step")
-    assert "forward:" in res.stop_reason or "backward:" in res.stop_reason or "loss" in res.stop_reason
+    # The first update (step 0, counted from 0 in this message) leaves huge but finite weights; the next
+    # forward pass overflows in the output layer, which the replay names.
+    assert res.stop_reason.startswith("non-finite loss or gradient at step 1 (epoch 0): ")
+    assert "forward: the output of head (Linear) became non-finite first" in res.stop_reason
     folder = res.run_dir / "checkpoints"
     assert res.diagnostic_checkpoint and res.diagnostic_checkpoint.is_file()
     for path in folder.glob("*.pt"):

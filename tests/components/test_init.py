@@ -76,7 +76,8 @@ def test_normal_std():
 def test_zeros_refused_with_the_symmetry_explanation():
     problems = init_problems(InitConfig(weights="zeros"))
     assert len(problems) == 1 and line(problems[0]).startswith("init.weights:")
-    assert "same gradient" in line(problems[0]) and "symmetry" in line(problems[0]) and "kaiming_normal" in line(problems[0])
+    text = line(problems[0])
+    assert "same gradient" in text and "symmetry" in text and "kaiming_normal" in text
     with pytest.raises(NnrunError, match="symmetry"):
         init_weights(nn.Linear(2, 2), InitConfig(weights="zeros"), activation="relu")
     assert init_problems(InitConfig()) == []

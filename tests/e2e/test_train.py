@@ -141,7 +141,8 @@ def test_predict_writes_probabilities_and_metrics(cli, tiny_recipe, tmp_path):
     res = cli("predict", run, "--split", "test", "--out", out)
     assert res.exit_code == 0, res.output
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("index,target,prediction,prob_0") and len(rows) - 1 == 1797 // 5  # every 5th digit is test
+    assert rows[0].startswith("index,target,prediction,prob_0")
+    assert len(rows) - 1 == 1797 // 5  # every 5th digit is test
     probs = [float(v) for v in rows[1].split(",")[3:]]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
     assert "test_acc=" in res.stdout

@@ -216,7 +216,8 @@ def test_incompatible_members_exit_2_naming_both(cli, runs, other, what):
 
 def test_different_validation_splits_are_refused_on_val(cli, runs):
     res = cli("ensemble", runs["study"])
-    assert res.exit_code == 2 and "seed (of the validation split) differs" in res.output and "--split test" in res.output
+    assert res.exit_code == 2
+    assert "seed (of the validation split) differs" in res.output and "--split test" in res.output
 
 
 def test_weights_mode_needs_the_same_architecture(cli, runs):

@@ -131,7 +131,8 @@ def test_search_space_problems_fail_check_with_lines_and_did_you_mean(cli, tmp_p
     res = cli("check", path)
     assert res.exit_code == 2
     err = res.stderr
-    assert "`search.space.optimizer.lrr` (line 9): `optimizer.lrr` is not a recipe key (did you mean `optimizer.lr`?)" in err
+    assert ("`search.space.optimizer.lrr` (line 9): `optimizer.lrr` is not a recipe key "
+            "(did you mean `optimizer.lr`?)") in err
     assert "`search.space.optimizer.weight_decay.log_uniform` (line 10)" in err and "needs low > 0" in err
     assert "`search.space.model.dropout` (line 11): uniform value 1.5 is not a valid `model.dropout`" in err
     assert "between 0.0 and 0.95" in err

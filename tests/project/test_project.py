@@ -13,7 +13,7 @@ from nnrun.cli import available
 from nnrun.recipe import reference as docs
 from nnrun.recipe import shipped_recipes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/project/<file> -> the repository root
 
 
 def test_every_subpackage_is_listed_in_pyproject():

@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from nnrun import recipe as recipe_io
 from nnrun.build import build
-from nnrun.cli import main
 from nnrun.tools.lr_find import (
     Curve,
     RangeTestSettings,
@@ -54,10 +52,6 @@ class SqrtScaled(nn.Module):
 def make(input_shape, num_outputs):
     return SqrtScaled(input_shape, num_outputs)
 '''
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def components(path, *overrides):
@@ -161,11 +155,11 @@ def test_stop_rule_catches_non_finite_values_a_plain_comparison_misses():
     assert stop_reason(3.0, 3.9, 1.0, 4.0) is None
 
 
-def test_nan_loss_ends_cleanly_with_a_message(tiny_recipe, tmp_path, monkeypatch):
+def test_nan_loss_ends_cleanly_with_a_message(cli, tiny_recipe, tmp_path, monkeypatch):
     (tmp_path / "nanmodel.py").write_text(NAN_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
-    res = invoke("lr-find", tiny_recipe, "model.arch=python", "model.factory=nanmodel:make", "model.hidden=[]",
-                 "model.dropout=0", "--out", tmp_path / "out")
+    res = cli("lr-find", tiny_recipe, "model.arch=python", "model.factory=nanmodel:make", "model.hidden=[]",
+              "model.dropout=0", "--out", tmp_path / "out")
     assert res.exit_code == 0, res.output
     assert "non-finite (nan)" in res.stderr
     rows = (tmp_path / "out" / "lr_find.csv").read_text().splitlines()
@@ -304,9 +298,9 @@ def test_suggest_warns_on_a_noisy_curve():
 # the command
 
 
-def test_cli_writes_every_output_and_a_recipe_that_trains(tiny_recipe, tmp_path):
+def test_cli_writes_every_output_and_a_recipe_that_trains(cli, tiny_recipe, tmp_path):
     out, new = tmp_path / "out", tmp_path / "tuned.yaml"
-    res = invoke("lr-find", tiny_recipe, "model.norm=batch", "--out", out, "--write-recipe", new)
+    res = cli("lr-find", tiny_recipe, "model.norm=batch", "--out", out, "--write-recipe", new)
     assert res.exit_code == 0, res.output
     lr = float(res.stdout.strip())
     assert "lr-find summary" in res.stderr and "recommended" in res.stderr and "smoothed loss vs" in res.stderr
@@ -317,7 +311,7 @@ def test_cli_writes_every_output_and_a_recipe_that_trains(tiny_recipe, tmp_path)
     assert (out / "lr_find.json").is_file() and (out / "recipe.yaml").is_file()
     tuned = recipe_io.load(new)
     assert tuned.optimizer.lr == lr and tuned.model.norm == "batch" and tuned.seed == 3
-    run = invoke("train", new, "train.epochs=1", "--run-dir", tmp_path / "run")
+    run = cli("train", new, "train.epochs=1", "--run-dir", tmp_path / "run")
     assert run.exit_code == 0, run.output
 
 
@@ -332,9 +326,9 @@ def test_tensorboard_holds_the_curve(tiny_recipe, tmp_path):
     assert len(acc.Scalars("lr_find/smoothed")) == len(res.curve)
 
 
-def test_without_matplotlib_everything_else_still_works(tiny_recipe, tmp_path, monkeypatch):
+def test_without_matplotlib_everything_else_still_works(cli, tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    res = invoke("lr-find", tiny_recipe, "--out", tmp_path / "o", "--steps", "60")
+    res = cli("lr-find", tiny_recipe, "--out", tmp_path / "o", "--steps", "60")
     assert res.exit_code == 0, res.output
     assert "pip install 'nnrun[plot]'" in res.stderr and float(res.stdout) > 0
     assert (tmp_path / "o" / "lr_find.csv").is_file() and not (tmp_path / "o" / "lr_find.png").exists()
@@ -353,12 +347,12 @@ def test_only_the_main_process_writes_files(tiny_recipe, tmp_path, monkeypatch):
     (["optimizer.lrr=1"], "did you mean `optimizer.lr`"),
     (["--end", "1e-6"], "no learning rate suggested"),  # a flat curve: refuse, exit 2
 ])
-def test_cli_user_mistakes_exit_2_with_one_message(tiny_recipe, tmp_path, args, message):
-    res = invoke("lr-find", tiny_recipe, "--out", tmp_path / "o", "--steps", "40", *args)
+def test_cli_user_mistakes_exit_2_with_one_message(cli, tiny_recipe, tmp_path, args, message):
+    res = cli("lr-find", tiny_recipe, "--out", tmp_path / "o", "--steps", "40", *args)
     assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert res.stdout == ""
 
 
-def test_no_recipe_written_without_a_suggestion(tiny_recipe, tmp_path):
-    res = invoke("lr-find", tiny_recipe, "--out", tmp_path / "o", "--end", "1e-6", "--write-recipe", tmp_path / "n.yaml")
+def test_no_recipe_written_without_a_suggestion(cli, tiny_recipe, tmp_path):
+    res = cli("lr-find", tiny_recipe, "--out", tmp_path / "o", "--end", "1e-6", "--write-recipe", tmp_path / "n.yaml")
     assert res.exit_code == 2 and not (tmp_path / "n.yaml").exists() and "was not written" in res.stderr

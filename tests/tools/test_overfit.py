@@ -9,10 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from nnrun import recipe as recipe_io
-from nnrun.cli import main
 from nnrun.workflows import overfit
 
 DIGITS_PYTHON_MODEL = """\
@@ -77,10 +75,6 @@ def with_dropout(input_shape, num_outputs):
 '''
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def statuses(result) -> dict[str, str]:
     return {r.check: r.status for r in result.rows}
 
@@ -102,11 +96,11 @@ def python_model_recipe(tmp_path, module, factory, *overrides):
 
 # -- healthy ------------------------------------------------------------------------------------
 
-def test_quickstart_passes_with_report_json_and_tensorboard(tmp_path):
+def test_quickstart_passes_with_report_json_and_tensorboard(cli, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, report = tmp_path / "out", tmp_path / "report.json"
-    res = invoke("overfit-one-batch", "quickstart", "--steps", 300, "--out", out, "--json", report)
+    res = cli("overfit-one-batch", "quickstart", "--steps", 300, "--out", out, "--json", report)
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("PASS: memorized 32 example(s) at step")
     assert "overfit one batch" in res.stderr and "▁" in res.stderr  # table and loss curve on stderr
@@ -179,9 +173,9 @@ def test_raw_inputs_in_the_thousands_are_flagged(tmp_path, write_recipe):
     assert "data.normalize=standardize" in row.advice
 
 
-def test_learning_rate_so_high_the_loss_turns_nan(tmp_path):
-    res = invoke("overfit-one-batch", "quickstart", "optimizer.name=sgd", "optimizer.lr=1e6", "model.norm=none",
-                 "--steps", 50, "--out", tmp_path / "o", "--json", tmp_path / "r.json")
+def test_learning_rate_so_high_the_loss_turns_nan(cli, tmp_path):
+    res = cli("overfit-one-batch", "quickstart", "optimizer.name=sgd", "optimizer.lr=1e6", "model.norm=none",
+              "--steps", 50, "--out", tmp_path / "o", "--json", tmp_path / "r.json")
     assert res.exit_code == 1
     data = json.loads((tmp_path / "r.json").read_text())
     checks = {c["check"]: c for c in data["checks"]}
@@ -218,9 +212,9 @@ def test_parameter_left_out_of_the_optimizer(tiny_recipe):
     assert row.status == "FAIL" and "`head.bias`" in row.evidence and result.exit_code == 1
 
 
-def test_batchnorm_with_one_example_is_reported_not_crashed(tmp_path):
-    res = invoke("overfit-one-batch", "quickstart", "--examples", 1, "--out", tmp_path / "o",
-                 "--json", tmp_path / "r.json")
+def test_batchnorm_with_one_example_is_reported_not_crashed(cli, tmp_path):
+    res = cli("overfit-one-batch", "quickstart", "--examples", 1, "--out", tmp_path / "o",
+              "--json", tmp_path / "r.json")
     assert res.exit_code == 1, res.output
     data = json.loads((tmp_path / "r.json").read_text())
     bn = next(c for c in data["checks"] if c["check"] == "BatchNorm batch size")
@@ -287,10 +281,10 @@ def test_regression_memorizes_and_reports_target_scale(tmp_path, write_recipe):
 
 # -- CLI details ----------------------------------------------------------------------------------
 
-def test_usage_errors_exit_2(tmp_path):
-    assert invoke("overfit-one-batch", "quickstart", "--batch-size", 4, "--examples", 2).exit_code == 2
-    assert invoke("overfit-one-batch", "quickstart", "optimizer.lrr=1").exit_code == 2
-    assert invoke("overfit-one-batch").exit_code == 2
+def test_usage_errors_exit_2(cli, tmp_path):
+    assert cli("overfit-one-batch", "quickstart", "--batch-size", 4, "--examples", 2).exit_code == 2
+    assert cli("overfit-one-batch", "quickstart", "optimizer.lrr=1").exit_code == 2
+    assert cli("overfit-one-batch").exit_code == 2
 
 
 def test_sparkline_is_log_scaled_and_marks_nan():

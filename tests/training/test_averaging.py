@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
 from nnrun import checkpoint
@@ -66,14 +65,9 @@ def test_swa_batchnorm_statistics_are_recomputed_on_training_data():
     assert swa.model[1].momentum == 0.1 and not swa.model.training
 
 
-def run(tiny_recipe, tmp_path, overrides, name="run", **kw):
-    r = recipe_io.load(tiny_recipe, ["log.tensorboard=false", *overrides])
-    return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
-
-
-def test_snapshot_members_land_at_cycle_ends(tiny_recipe, tmp_path):
-    res = run(tiny_recipe, tmp_path, ["train.epochs=6", "schedule.name=sgdr", "schedule.cycle_len=2",
-                                      "ensemble.strategy=snapshots"])
+def test_snapshot_members_land_at_cycle_ends(train_tiny):
+    res = train_tiny(["train.epochs=6", "schedule.name=sgdr", "schedule.cycle_len=2",
+                      "ensemble.strategy=snapshots"])
     spe = res.steps // 6
     members = sorted((res.run_dir / "checkpoints" / "members").glob("*.pt"))
     assert [checkpoint.load(p)["step"] for p in members] == [2 * spe, 4 * spe, 6 * spe]
@@ -85,16 +79,16 @@ def test_snapshots_need_a_cyclic_schedule(tiny_recipe):
         recipe_io.load(tiny_recipe, ["ensemble.strategy=snapshots"])
 
 
-def test_checkpoint_members_every_n_epochs_survive_top_k(tiny_recipe, tmp_path):
-    res = run(tiny_recipe, tmp_path, ["train.epochs=4", "ensemble.strategy=checkpoints", "ensemble.every=2",
-                                      "train.save_top_k=1"])
+def test_checkpoint_members_every_n_epochs_survive_top_k(train_tiny):
+    res = train_tiny(["train.epochs=4", "ensemble.strategy=checkpoints", "ensemble.every=2",
+                      "train.save_top_k=1"])
     names = sorted(p.name for p in (res.run_dir / "checkpoints" / "members").glob("*.pt"))
     assert names == ["member-epoch002.pt", "member-epoch004.pt"]
 
 
-def test_ema_is_evaluated_beside_the_raw_weights_and_resumes_exactly(tiny_recipe, tmp_path):
+def test_ema_is_evaluated_beside_the_raw_weights_and_resumes_exactly(tiny_recipe, tmp_path, train_tiny):
     overrides = ["train.epochs=2", "ensemble.strategy=ema", "ensemble.decay=0.95"]
-    full = run(tiny_recipe, tmp_path, overrides, "full")
+    full = train_tiny(overrides, "full")
     assert {"ema_val_acc", "ema_val_loss"} <= full.history[-1].keys()
     payload = checkpoint.load(full.last_checkpoint)
     assert payload["ema"]["updates"] == full.steps
@@ -104,7 +98,7 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_resumes_exactly(tiny_recipe
             if trainer.state.step == 25:
                 trainer.request_stop(train_wf.INTERRUPTED)
 
-    run(tiny_recipe, tmp_path, overrides, "part", callbacks=[Stop()])
+    train_tiny(overrides, "part", callbacks=[Stop()])
     resumed = train_wf.run(recipe_io.load(tiny_recipe, ["log.tensorboard=false", *overrides]),
                            resume=tmp_path / "part", handle_signals=False)
     again = checkpoint.load(resumed.last_checkpoint)
@@ -112,23 +106,21 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_resumes_exactly(tiny_recipe
         assert torch.equal(value, again["ema"]["state_dict"][key]), key
 
 
-def test_swa_averages_from_its_start_with_its_own_rate(tiny_recipe, tmp_path):
-    res = run(tiny_recipe, tmp_path, ["train.epochs=4", "ensemble.strategy=swa", "ensemble.swa_start=2",
-                                      "ensemble.swa_lr=1e-4", "model.norm=batch"])
+def test_swa_averages_from_its_start_with_its_own_rate(train_tiny):
+    res = train_tiny(["train.epochs=4", "ensemble.strategy=swa", "ensemble.swa_start=2",
+                      "ensemble.swa_lr=1e-4", "model.norm=batch"])
     assert "swa_val_acc" not in res.history[1] and "swa_val_acc" in res.history[2]
     assert [h["lr/default"] for h in res.history] == [3e-3, 3e-3, 1e-4, 1e-4]
     ema = checkpoint.load(res.last_checkpoint)["ema"]
     assert ema["kind"] == "swa" and ema["updates"] == 2 and ema["bn_fresh"]
 
 
-def test_seed_ensemble_shares_the_validation_split_and_feeds_nnrun_ensemble(tiny_recipe, tmp_path):
-    from nnrun.cli import main
-
-    res = run(tiny_recipe, tmp_path, ["train.epochs=1", "ensemble.seeds=2"])
+def test_seed_ensemble_shares_the_validation_split_and_feeds_nnrun_ensemble(cli, train_tiny):
+    res = train_tiny(["train.epochs=1", "ensemble.seeds=2"])
     assert [m.run_dir.name for m in res.members] == ["seed-0", "seed-1"]
     recipes = [checkpoint.load(m.last_checkpoint)["recipe"] for m in res.members]
     assert [r["seed"] for r in recipes] == [3, 4] and {r["data"]["split_seed"] for r in recipes} == {3}
-    out = CliRunner().invoke(main, ["ensemble", str(res.run_dir)])
+    out = cli("ensemble", res.run_dir)
     assert out.exit_code == 0, out.output
     assert "val_acc=" in out.stdout
     assert json.loads((res.run_dir / "seed-1" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1

@@ -1,4 +1,4 @@
-"""Weight-init schemes against their closed forms (design/algorithms.md section 4)."""
+"""Weight-init schemes against their closed forms (design/algorithms.md section 4), and `init.from`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from nnrun import checkpoint
+from nnrun import recipe as recipe_io
+from nnrun.build import build
 from nnrun.components.init import init_weights
 from nnrun.components.models import build_model
 from nnrun.errors import NnrunError
@@ -73,7 +76,8 @@ def test_normal_std():
 def test_zeros_refused_with_the_symmetry_explanation():
     problems = init_problems(InitConfig(weights="zeros"))
     assert len(problems) == 1 and line(problems[0]).startswith("init.weights:")
-    assert "same gradient" in line(problems[0]) and "symmetry" in line(problems[0]) and "kaiming_normal" in line(problems[0])
+    text = line(problems[0])
+    assert "same gradient" in text and "symmetry" in text and "kaiming_normal" in text
     with pytest.raises(NnrunError, match="symmetry"):
         init_weights(nn.Linear(2, 2), InitConfig(weights="zeros"), activation="relu")
     assert init_problems(InitConfig()) == []
@@ -154,3 +158,22 @@ def test_lsuv_unit_output_std_deterministic_and_mode_restored():
 def test_lsuv_needs_a_sample():
     with pytest.raises(NnrunError, match="sample"):
         init_weights(nn.Linear(2, 2), InitConfig(weights="lsuv"), activation="relu")
+
+
+# ---------------------------------------------------------------------------------------------
+# init.from: weights from a checkpoint (nnrun/build.py: load_pretrained)
+
+TB_ON = "log.tensorboard=true"  # this run has always written TensorBoard too; train_tiny turns it off
+
+
+def test_init_from_loads_matching_weights_and_reports_the_rest(tiny_recipe, train_tiny):
+    src = train_tiny([TB_ON, "train.epochs=1"], name="src")
+    weights = checkpoint.load(src.last_checkpoint)["model"]
+    r = recipe_io.load(tiny_recipe, [f"init.from={src.last_checkpoint}", "model.hidden=[32]", "seed=11"])
+    c = build(r, device=torch.device("cpu"))
+    assert torch.equal(c.model.state_dict()["body.1.weight"], weights["body.1.weight"])
+    assert any("init.from last.pt: loaded 4 tensors" in n for n in c.notes)
+    other = recipe_io.load(tiny_recipe, [f"init.from={src.last_checkpoint}", "model.hidden=[16]"])
+    notes = build(other, device=torch.device("cpu")).notes
+    assert any("shape differs" in n and "body.1.weight" in n for n in notes)
+    assert recipe_io.dump(r).count("from: ") == 1  # written back in recipe spelling

@@ -4,6 +4,7 @@ TensorBoard, exact resume (including a mid-epoch interrupt), predict, and clean 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,17 +13,11 @@ import sys
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 from nnrun import checkpoint
 from nnrun import recipe as recipe_io
-from nnrun.cli import main
 from nnrun.training.callbacks import Callback
 from nnrun.workflows import train as train_wf
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_same_weights(a: dict, b: dict):
@@ -31,9 +26,9 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_train_writes_a_complete_run_folder(tiny_recipe, tmp_path):
+def test_train_writes_a_complete_run_folder(cli, tiny_recipe, tmp_path):
     run = tmp_path / "run"
-    res = invoke("train", tiny_recipe, "--run-dir", run)
+    res = cli("train", tiny_recipe, "--run-dir", run)
     assert res.exit_code == 0, res.output
     assert (run / "recipe.yaml").is_file()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -53,11 +48,11 @@ def test_train_writes_a_complete_run_folder(tiny_recipe, tmp_path):
     assert payload["recipe"]["seed"] == 3
 
 
-def test_tensorboard_has_the_promised_scalars(tiny_recipe, tmp_path):
+def test_tensorboard_has_the_promised_scalars(cli, tiny_recipe, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    assert invoke("train", tiny_recipe, "--run-dir", run).exit_code == 0
+    assert cli("train", tiny_recipe, "--run-dir", run).exit_code == 0
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -68,8 +63,7 @@ def test_same_recipe_and_seed_give_the_same_numbers(tiny_recipe, tmp_path):
     r = recipe_io.load(tiny_recipe)
     a = train_wf.run(r, run_dir=tmp_path / "a", handle_signals=False)
     b = train_wf.run(r, run_dir=tmp_path / "b", handle_signals=False)
-    assert a.history == [dict(h) for h in b.history] or \
-        [{k: v for k, v in h.items()} for h in a.history] == [{k: v for k, v in h.items()} for h in b.history]
+    assert a.history == b.history
     assert_same_weights(checkpoint.load(a.last_checkpoint)["model"], checkpoint.load(b.last_checkpoint)["model"])
 
 
@@ -97,16 +91,15 @@ def test_mid_epoch_interrupt_resumes_bit_identically(tiny_recipe, tmp_path):
     assert resumed.run_dir == tmp_path / "part" and resumed.steps == full.steps
     assert_same_weights(checkpoint.load(full.last_checkpoint)["model"],
                         checkpoint.load(resumed.last_checkpoint)["model"])
-    assert resumed.history == full.history[:0] + resumed.history  # history continues the run
-    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
+    assert resumed.history == full.history  # every epoch's record, the interrupted one included, as if never cut
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
 
 
-def test_resume_a_finished_run_with_more_epochs(tiny_recipe, tmp_path):
+def test_resume_a_finished_run_with_more_epochs(cli, tiny_recipe, tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", tiny_recipe, "--run-dir", run, "train.epochs=1").exit_code == 0
-    res = invoke("train", "--resume", run, "train.epochs=2")
+    assert cli("train", tiny_recipe, "--run-dir", run, "train.epochs=1").exit_code == 0
+    res = cli("train", "--resume", run, "train.epochs=2")
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
@@ -115,7 +108,7 @@ def test_resume_a_finished_run_with_more_epochs(tiny_recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_sigint_mid_run_saves_and_resumes_exactly(tiny_recipe, tmp_path):
+def test_real_sigint_mid_run_saves_and_resumes_exactly(cli, tiny_recipe, tmp_path):
     """A real Ctrl-C wherever it lands: the resumed run ends bit-identical to an uninterrupted one."""
     overrides = ["train.epochs=30", "log.progress=plain"]
     full = train_wf.run(recipe_io.load(tiny_recipe, overrides), run_dir=tmp_path / "full", handle_signals=False)
@@ -134,35 +127,36 @@ def test_real_sigint_mid_run_saves_and_resumes_exactly(tiny_recipe, tmp_path):
     assert not list((run / "checkpoints").glob("*.tmp"))
     saved = checkpoint.load(run)
     where = f"interrupted at epoch {saved['epoch']} batch {saved['batch']} step {saved['step']}"
-    res = invoke("train", "--resume", run)
+    res = cli("train", "--resume", run)
     assert res.exit_code == 0, res.output
     resumed = checkpoint.load(run)
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in full.history], where
     assert_same_weights(checkpoint.load(full.last_checkpoint)["model"], resumed["model"])
 
 
-def test_predict_writes_probabilities_and_metrics(tiny_recipe, tmp_path):
+def test_predict_writes_probabilities_and_metrics(cli, tiny_recipe, tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", tiny_recipe, "--run-dir", run).exit_code == 0
+    assert cli("train", tiny_recipe, "--run-dir", run).exit_code == 0
     out = tmp_path / "preds.csv"
-    res = invoke("predict", run, "--split", "test", "--out", out)
+    res = cli("predict", run, "--split", "test", "--out", out)
     assert res.exit_code == 0, res.output
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("index,target,prediction,prob_0") and len(rows) - 1 == 1797 // 5  # every 5th digit is test
+    assert rows[0].startswith("index,target,prediction,prob_0")
+    assert len(rows) - 1 == 1797 // 5  # every 5th digit is test
     probs = [float(v) for v in rows[1].split(",")[3:]]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
     assert "test_acc=" in res.stdout
 
 
-def test_check_prints_resolved_recipe(tiny_recipe):
-    res = invoke("check", tiny_recipe, "optimizer.lr=0.01")
+def test_check_prints_resolved_recipe(cli, tiny_recipe):
+    res = cli("check", tiny_recipe, "optimizer.lr=0.01")
     assert res.exit_code == 0
     data = yaml.safe_load(res.stdout)
     assert data["optimizer"]["lr"] == 0.01 and data["data"]["eval_batch_size"] == 512
 
 
-def test_recipes_lists_shipped():
-    res = invoke("recipes")
+def test_recipes_lists_shipped(cli):
+    res = cli("recipes")
     assert res.exit_code == 0 and "quickstart" in res.stdout
 
 
@@ -172,21 +166,21 @@ def test_recipes_lists_shipped():
     (["predict", "{tmp}/nothing.pt"], "does not exist"),
     (["train", "{recipe}", "--run-dir", "/proc/nnrun-cannot-write"], "cannot write"),
 ])
-def test_user_mistakes_exit_2_without_traceback(tiny_recipe, tmp_path, args, needle):
+def test_user_mistakes_exit_2_without_traceback(cli, tiny_recipe, tmp_path, args, needle):
     args = [a.format(recipe=tiny_recipe, tmp=tmp_path) for a in args]
-    res = CliRunner().invoke(main, args)
+    res = cli(*args)
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and "Traceback" not in res.output
 
 
-def test_corrupt_checkpoint_is_a_clean_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clean_error(cli, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    res = CliRunner().invoke(main, ["predict", str(bad)])
+    res = cli("predict", bad)
     assert res.exit_code == 2 and "corrupt" in res.stderr
 
 
-def test_unsafe_pickle_is_refused_and_not_executed(tmp_path):
+def test_unsafe_pickle_is_refused_and_not_executed(cli, tmp_path):
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -195,7 +189,7 @@ def test_unsafe_pickle_is_refused_and_not_executed(tmp_path):
 
     bad = tmp_path / "evil.pt"
     torch.save({"format": "nnrun-checkpoint", "x": Evil()}, bad)
-    res = CliRunner().invoke(main, ["predict", str(bad)])
+    res = cli("predict", bad)
     assert res.exit_code == 2 and "safely" in res.stderr
     assert not marker.exists()
 
@@ -207,12 +201,12 @@ def test_help_does_not_import_torch():
     assert out.strip().endswith("False")
 
 
-def test_missing_data_folder_is_a_clean_error(tmp_path):
-    res = CliRunner().invoke(main, ["train", "mnist-mlp", f"data.path={tmp_path}/nowhere"])
+def test_missing_data_folder_is_a_clean_error(cli, tmp_path):
+    res = cli("train", "mnist-mlp", f"data.path={tmp_path}/nowhere")
     assert res.exit_code == 2 and "nowhere" in res.stderr and "Traceback" not in res.output
 
 
-def test_truncated_mnist_file_is_named(tmp_path):
+def test_truncated_mnist_file_is_named(cli, tmp_path):
     import gzip
 
     folder = tmp_path / "mnist"
@@ -221,15 +215,15 @@ def test_truncated_mnist_file_is_named(tmp_path):
         header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
         with gzip.open(folder / f"{name}.gz", "wb") as f:
             f.write(header + bytes(10))  # far fewer bytes than declared
-    res = CliRunner().invoke(main, ["train", "mnist-mlp", f"data.path={folder}"])
+    res = cli("train", "mnist-mlp", f"data.path={folder}")
     assert res.exit_code == 2 and "truncated" in res.stderr and "train-images-idx3-ubyte" in res.stderr
 
 
-def test_histograms_when_asked(tiny_recipe, tmp_path):
+def test_histograms_when_asked(cli, tiny_recipe, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    assert invoke("train", tiny_recipe, "--run-dir", run, "log.histograms_every=10", "train.epochs=1").exit_code == 0
+    assert cli("train", tiny_recipe, "--run-dir", run, "log.histograms_every=10", "train.epochs=1").exit_code == 0
     acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0})
     acc.Reload()
     tags = acc.Tags()["histograms"]
@@ -245,7 +239,7 @@ def test_early_stopping_carries_its_reason(tiny_recipe, tmp_path):
     assert len(res.history) < 30
 
 
-def test_regression_from_npz_end_to_end(tmp_path, write_recipe):
+def test_regression_from_npz_end_to_end(cli, tmp_path, write_recipe):
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -260,13 +254,13 @@ def test_regression_from_npz_end_to_end(tmp_path, write_recipe):
         log: {progress: none, tensorboard: false}
         """)
     run = tmp_path / "run"
-    res = invoke("train", path, "--run-dir", run)
+    res = cli("train", path, "--run-dir", run)
     assert res.exit_code == 0, res.output
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"val_mae", "val_rmse"} <= last.keys() and "val_acc" not in last
     assert last["val_rmse"] < 0.5 * float(np.std(y))  # learnt the linear map well beyond the mean
     out = tmp_path / "p.csv"
-    assert invoke("predict", run, "--out", out).exit_code == 0
+    assert cli("predict", run, "--out", out).exit_code == 0
     assert out.read_text().splitlines()[0] == "index,target_0,prediction_0"
 
 
@@ -276,15 +270,18 @@ def test_regression_from_npz_end_to_end(tmp_path, write_recipe):
     ["init.weights=lsuv", "model.norm=layer"],
 ])
 def test_architectures_train_on_digits(tiny_recipe, tmp_path, overrides):
-    r = recipe_io.load(tiny_recipe, ["train.epochs=1", "data.limit=300", *overrides])
+    # One epoch of all 1,294 training digits (21 steps): each architecture gets below chance (ln 10 = 2.303);
+    # on 240 digits (4 steps) the ResNet was still at 2.48.
+    r = recipe_io.load(tiny_recipe, ["train.epochs=1", *overrides])
     res = train_wf.run(r, run_dir=tmp_path / "run", handle_signals=False)
     assert res.steps > 0 and res.last_checkpoint.is_file()
-    assert res.history[-1]["val_loss"] == res.history[-1]["val_loss"] < 10  # finite, not diverged
+    val_loss = res.history[-1]["val_loss"]
+    assert math.isfinite(val_loss) and val_loss < 2.3, val_loss  # learnt something, did not diverge
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_95_percent(tmp_path):
-    res = invoke("train", "quickstart", "--run-dir", tmp_path / "run", "log.progress=none")
+def test_quickstart_reaches_95_percent(cli, tmp_path):
+    res = cli("train", "quickstart", "--run-dir", tmp_path / "run", "log.progress=none")
     assert res.exit_code == 0, res.output
     best = max(json.loads(x)["val_acc"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert best >= 0.95

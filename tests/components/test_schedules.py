@@ -1,5 +1,6 @@
-"""Schedules against closed forms and PyTorch's reference schedulers; warmup, final decay,
-plateau, momentum; groups keep their ratios; resume mid-cycle; validation of misfit schedules."""
+"""Schedules (nnrun/components/schedules.py) against closed forms and PyTorch's reference schedulers;
+warmup, final decay, plateau, momentum; validation of misfit schedules; resume mid-cycle; `nnrun schedule`.
+Parameter groups are in test_optim.py, freezing in test_freeze.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import math
 import pytest
 import torch
 
+from nnrun import checkpoint
 from nnrun import recipe as recipe_io
 from nnrun.components.schedules import build_schedule
 from nnrun.errors import RecipeError
 from nnrun.recipe.schema import MomentumScheduleConfig, PlateauConfig, ScheduleConfig
+from nnrun.training.callbacks import Callback
+from nnrun.workflows import train as train_wf
 
 
 def sched(steps_per_epoch=10, total=100, lr=1.0, **kw):
@@ -172,103 +176,23 @@ def test_one_cycle_with_momentum_schedule_is_refused(tiny_recipe):
 
 
 # ---------------------------------------------------------------------------------------------
-# in the loop: groups, freezing, resume mid-cycle
+# in the loop: resume mid-cycle, the schedule command
+
+TB_ON = "log.tensorboard=true"  # these runs have always written TensorBoard too; train_tiny turns it off
 
 
-def run(tiny_recipe, tmp_path, overrides, name="run", **kw):
-    from nnrun.workflows import train as train_wf
-
-    r = recipe_io.load(tiny_recipe, overrides)
-    return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
-
-
-@pytest.mark.parametrize("schedule", [["schedule.name=cosine"], ["schedule.name=one_cycle"],
-                                      ["schedule.name=cyclic", "schedule.step_size=0.5"]])
-def test_groups_keep_their_ratio_under_every_schedule(tiny_recipe, tmp_path, schedule):
-    res = run(tiny_recipe, tmp_path, ["optimizer.groups=[{match: 'head.*', lr_mult: 10, name: head}]",
-                                      "optimizer.weight_decay=0.01", "optimizer.no_decay=[bias]", *schedule])
-    for record in res.history:
-        assert record["lr/head"] == pytest.approx(10 * record["lr/default"])
-        assert record["lr/head.no_decay"] == pytest.approx(record["lr/head"])
-
-
-def test_discriminative_rates_fall_by_the_factor_towards_the_input(tiny_recipe, tmp_path):
-    from nnrun.build import build
-
-    r = recipe_io.load(tiny_recipe, ["model.hidden=[16, 16]", "optimizer.discriminative={groups: 3, factor: 4}"])
-    c = build(r, device=torch.device("cpu"))
-    lrs = {g["name"]: g["lr"] for g in c.optimizer.param_groups}
-    assert lrs["layers2"] == pytest.approx(3e-3) and lrs["layers1"] == pytest.approx(3e-3 / 4)
-    assert lrs["layers0"] == pytest.approx(3e-3 / 16)
-    assert c.optimizer.param_groups[-1]["param_names"][-1] == "head.bias"  # the head is in the fastest group
-
-
-def test_no_decay_exempts_biases_and_norm_parameters(tiny_recipe):
-    from nnrun.build import build
-
-    r = recipe_io.load(tiny_recipe, ["model.norm=batch", "optimizer.weight_decay=0.1",
-                                     "optimizer.no_decay=[bias, norm]"])
-    c = build(r, device=torch.device("cpu"))
-    by_name = {g["name"]: g for g in c.optimizer.param_groups}
-    assert by_name["default"]["weight_decay"] == 0.1 and by_name["default.no_decay"]["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in by_name["default"]["params"])
-    assert len(by_name["default.no_decay"]["params"]) == 3  # BN weight, BN bias, head bias
-
-
-def test_unknown_group_pattern_is_a_recipe_error(tiny_recipe):
-    from nnrun.build import build
-
-    r = recipe_io.load(tiny_recipe, ["optimizer.groups=[{match: 'encoder.*'}]"])
-    with pytest.raises(RecipeError, match="matches no parameter"):
-        build(r, device=torch.device("cpu"))
-
-
-def test_freeze_then_unfreeze_on_schedule(tiny_recipe, tmp_path):
-    from nnrun import checkpoint
-
-    res = run(tiny_recipe, tmp_path, ["train.epochs=1", "model.freeze=['body.1.*']"], name="one")
-    res2 = run(tiny_recipe, tmp_path, ["train.epochs=2", "model.freeze=['body.1.*']",
-                                       "model.unfreeze=[{epoch: 1, match: 'body.*'}]"], name="two")
-    from nnrun.build import build
-
-    init = build(recipe_io.load(tiny_recipe), device=torch.device("cpu")).model.state_dict()
-    after1 = checkpoint.load(res.last_checkpoint)["model"]
-    after2 = checkpoint.load(res2.last_checkpoint)["model"]
-    assert torch.equal(after1["body.1.weight"], init["body.1.weight"])  # frozen: exactly unchanged
-    assert not torch.equal(after1["head.weight"], init["head.weight"])
-    assert not torch.equal(after2["body.1.weight"], init["body.1.weight"])  # unfrozen at epoch 1
-
-
-def test_freeze_bn_keeps_running_statistics(tiny_recipe, tmp_path):
-    from nnrun import checkpoint
-    from nnrun.build import build
-
-    overrides = ["train.epochs=1", "model.norm=batch", "model.freeze=['body.1.*', 'body.2.*']"]
-    init = build(recipe_io.load(tiny_recipe, overrides), device=torch.device("cpu")).model.state_dict()
-    res = run(tiny_recipe, tmp_path, [*overrides, "model.freeze_bn=true"])
-    after = checkpoint.load(res.last_checkpoint)["model"]
-    assert torch.equal(after["body.2.running_mean"], init["body.2.running_mean"])
-    res2 = run(tiny_recipe, tmp_path, overrides, name="bn-trains")
-    assert not torch.equal(checkpoint.load(res2.last_checkpoint)["model"]["body.2.running_mean"],
-                           init["body.2.running_mean"])
-
-
-def test_resume_mid_cycle_gives_the_same_curve_and_weights(tiny_recipe, tmp_path):
-    from nnrun import checkpoint
-    from nnrun.training.callbacks import Callback
-    from nnrun.workflows import train as train_wf
-
+def test_resume_mid_cycle_gives_the_same_curve_and_weights(tiny_recipe, tmp_path, train_tiny):
     overrides = ["train.epochs=3.5", "schedule.name=sgdr", "schedule.cycle_len=1", "schedule.cycle_mult=1",
                  "schedule.warmup=0.5", "schedule.on_plateau={patience: 0, factor: 0.5}",
                  "optimizer.momentum_schedule={start: 0.8, end: 0.95, epochs: 2}"]
-    full = run(tiny_recipe, tmp_path, overrides, name="full")
+    full = train_tiny([TB_ON, *overrides], name="full")
 
     class Stop(Callback):
         def on_step_end(self, trainer):
             if trainer.state.step == 60:
                 trainer.request_stop(train_wf.INTERRUPTED)
 
-    run(tiny_recipe, tmp_path, overrides, name="part", callbacks=[Stop()])
+    train_tiny([TB_ON, *overrides], name="part", callbacks=[Stop()])
     resumed = train_wf.run(recipe_io.load(tiny_recipe, overrides), resume=tmp_path / "part", handle_signals=False)
     assert [h["lr/default"] for h in resumed.history] == [h["lr/default"] for h in full.history]
     assert [h.get("lr_cut") for h in resumed.history] == [h.get("lr_cut") for h in full.history]
@@ -276,29 +200,9 @@ def test_resume_mid_cycle_gives_the_same_curve_and_weights(tiny_recipe, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_init_from_loads_matching_weights_and_reports_the_rest(tiny_recipe, tmp_path):
-    from nnrun import checkpoint
-    from nnrun.build import build
-
-    src = run(tiny_recipe, tmp_path, ["train.epochs=1"], name="src")
-    weights = checkpoint.load(src.last_checkpoint)["model"]
-    r = recipe_io.load(tiny_recipe, [f"init.from={src.last_checkpoint}", "model.hidden=[32]", "seed=11"])
-    c = build(r, device=torch.device("cpu"))
-    assert torch.equal(c.model.state_dict()["body.1.weight"], weights["body.1.weight"])
-    assert any("init.from last.pt: loaded 4 tensors" in n for n in c.notes)
-    other = recipe_io.load(tiny_recipe, [f"init.from={src.last_checkpoint}", "model.hidden=[16]"])
-    notes = build(other, device=torch.device("cpu")).notes
-    assert any("shape differs" in n and "body.1.weight" in n for n in notes)
-    assert recipe_io.dump(r).count("from: ") == 1  # written back in recipe spelling
-
-
-def test_schedule_command_draws_without_training(tiny_recipe, tmp_path):
-    from click.testing import CliRunner
-
-    from nnrun.cli import main
-
+def test_schedule_command_draws_without_training(cli, tiny_recipe, tmp_path):
     png = tmp_path / "s.png"
-    res = CliRunner().invoke(main, ["schedule", str(tiny_recipe), "schedule.name=one_cycle", "--out", str(png)])
+    res = cli("schedule", tiny_recipe, "schedule.name=one_cycle", "--out", png)
     assert res.exit_code == 0, res.output
     assert "lr/default" in res.stderr and "momentum / beta1" in res.stderr
     assert png.stat().st_size > 1000 and not (tmp_path / "runs").exists()

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 
 from nnrun import recipe as recipe_io
-from nnrun.cli import main
 from nnrun.recipe.search import Param, parse
 from nnrun.tools.search import study as studies
 from nnrun.tools.search.edges import edge_warnings
@@ -44,10 +42,6 @@ def write(tmp_path: Path, search: str, *, epochs: int = 1, limit: int = 300, nam
     path = tmp_path / name
     path.write_text(BASE.format(limit=limit, epochs=epochs, search=textwrap.indent(textwrap.dedent(search), "  ")))
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def trial_dirs(folder: Path) -> list[Path]:
@@ -124,7 +118,7 @@ def test_edge_warning_uses_each_range_on_its_own_scale():
 # validation
 
 
-def test_search_space_problems_fail_check_with_lines_and_did_you_mean(tmp_path):
+def test_search_space_problems_fail_check_with_lines_and_did_you_mean(cli, tmp_path):
     path = write(tmp_path, """\
         space:
           optimizer.lrr: {log_uniform: [1e-4, 1e-1]}
@@ -134,10 +128,11 @@ def test_search_space_problems_fail_check_with_lines_and_did_you_mean(tmp_path):
           model.hidden: {choise: [[64], [32]]}
         stages: [{trials: 4, epochs: 1, keep_top: 0.5}, {trials: 2, keep_topp: 0.5}]
         """)
-    res = invoke("check", path)
+    res = cli("check", path)
     assert res.exit_code == 2
     err = res.stderr
-    assert "`search.space.optimizer.lrr` (line 9): `optimizer.lrr` is not a recipe key (did you mean `optimizer.lr`?)" in err
+    assert ("`search.space.optimizer.lrr` (line 9): `optimizer.lrr` is not a recipe key "
+            "(did you mean `optimizer.lr`?)") in err
     assert "`search.space.optimizer.weight_decay.log_uniform` (line 10)" in err and "needs low > 0" in err
     assert "`search.space.model.dropout` (line 11): uniform value 1.5 is not a valid `model.dropout`" in err
     assert "between 0.0 and 0.95" in err
@@ -145,14 +140,14 @@ def test_search_space_problems_fail_check_with_lines_and_did_you_mean(tmp_path):
     assert "(did you mean `choice`?)" in err
     assert "`search.stages.0.keep_top` (line 14)" in err and "(did you mean `keep_top`?)" in err
     good = write(tmp_path, "space: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}", name="good.yaml")
-    assert invoke("check", good).exit_code == 0
+    assert cli("check", good).exit_code == 0
 
 
-def test_space_file_replaces_the_recipe_section_with_its_own_lines(tmp_path):
+def test_space_file_replaces_the_recipe_section_with_its_own_lines(cli, tmp_path):
     path = write(tmp_path, "space: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}")
     space = tmp_path / "space.yaml"
     space.write_text("space:\n  model.dropout: {uniform: [0, 0.5]}\n  optimizer.momentun: {uniform: [0, 1]}\n")
-    res = invoke("search", path, "--space", space, "--out", tmp_path / "out")
+    res = cli("search", path, "--space", space, "--out", tmp_path / "out")
     assert res.exit_code == 2
     assert "space.yaml" in res.stderr and "(line 3)" in res.stderr and "did you mean `optimizer.momentum`" in res.stderr
 
@@ -184,7 +179,7 @@ def test_two_workers_share_one_store_without_duplicates_or_losses(tmp_path, stor
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
 
 
-def test_killed_worker_trial_is_marked_failed_and_resume_finishes(tmp_path):
+def test_killed_worker_trial_is_marked_failed_and_resume_finishes(cli, tmp_path):
     path = write(tmp_path, """\
         space: {optimizer.lr: {log_uniform: [1e-3, 3e-2]}}
         trials: 3
@@ -205,7 +200,7 @@ def test_killed_worker_trial_is_marked_failed_and_resume_finishes(tmp_path):
     storage = studies.open_storage(f"sqlite:///{out / 'study.db'}")
     name = storage.get_all_studies()[0].study_name
     assert optuna.load_study(study_name=name, storage=storage).trials[victim].state.name == "RUNNING"
-    res = invoke("search", path, "--out", out, "--resume")
+    res = cli("search", path, "--out", out, "--resume")
     assert res.exit_code == 0, res.stderr
     trials = optuna.load_study(study_name=name, storage=storage).trials
     lost = trials[victim]
@@ -264,7 +259,7 @@ def test_median_pruner_cuts_a_hopeless_trial(tmp_path):
     assert result.best.params["optimizer.lr"] != 1e-9 and result.best.value > 0.5
 
 
-def test_cli_search_end_to_end(tmp_path):
+def test_cli_search_end_to_end(cli, tmp_path):
     path = write(tmp_path, """\
         metric: val_loss
         space:
@@ -273,7 +268,7 @@ def test_cli_search_end_to_end(tmp_path):
         stages: [{trials: 3, epochs: 1}, {trials: 2, epochs: 2, keep_top: 0.5}]
         """, limit=300)
     out = tmp_path / "out"
-    res = invoke("search", path, "--out", out)
+    res = cli("search", path, "--out", out)
     assert res.exit_code == 0, res.stderr
     assert res.stdout.strip() == str(out)
     err = res.stderr
@@ -296,8 +291,8 @@ def test_cli_search_end_to_end(tmp_path):
     resolved = recipe_io.load(trial_dirs(out / "stage-2")[0] / "recipe.yaml")
     assert resolved.train.epochs == 2 and resolved.train.monitor == "val_loss" and resolved.search == {}
     # the search folder feeds `nnrun ensemble`: the best 2 trials by their stored val_loss
-    ens = invoke("ensemble", out, "--top-k", 2)
+    ens = cli("ensemble", out, "--top-k", 2)
     assert ens.exit_code == 0, ens.stderr
     assert "mean ensemble of 2" in ens.stderr and "val_loss=" in ens.stdout
-    again = invoke("search", path, "--out", out)  # an existing search is never silently reused
+    again = cli("search", path, "--out", out)  # an existing search is never silently reused
     assert again.exit_code == 2 and "--resume" in again.stderr

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/project/<file> -> the repository root
 LAZY_OK = ("optuna", "matplotlib", "torch.utils.tensorboard", "PIL")
 
 

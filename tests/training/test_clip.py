@@ -15,7 +15,6 @@ from nnrun import recipe as recipe_io
 from nnrun.recipe.schema import ClipConfig
 from nnrun.training.clip import Clipper
 from nnrun.training.guard import NonFiniteGuard
-from nnrun.workflows import train as train_wf
 
 
 def params_with_grads(*pairs):
@@ -100,10 +99,7 @@ def test_a_nonfinite_norm_never_scales_gradients_to_nan():
 # ---------------------------------------------------------------------------------------------
 # accumulation, precision
 
-
-def train(tiny_recipe, tmp_path, overrides, name="run", **kw):
-    r = recipe_io.load(tiny_recipe, ["log.tensorboard=false", "data.limit=640", *overrides])
-    return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
+SMALL = "data.limit=640"  # the first 640 digits: 512 train, 128 val
 
 
 def weights(result):
@@ -111,10 +107,10 @@ def weights(result):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_accumulation_equals_the_large_batch(tiny_recipe, tmp_path, optimizer):
+def test_accumulation_equals_the_large_batch(train_tiny, optimizer):
     common = ["train.epochs=1", "model.dropout=0.0", f"optimizer.name={optimizer}", "optimizer.lr=0.05"]
-    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=16", "clip.accumulate=4"], "small")
-    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=64"], "big")
+    small = train_tiny([SMALL, *common, "data.batch_size=16", "clip.accumulate=4"], "small")
+    big = train_tiny([SMALL, *common, "data.batch_size=64"], "big")
     assert small.steps == big.steps  # schedules count optimizer steps
     a, b = weights(small), weights(big)
     # SGD is linear in the gradient: equal to float rounding. Adam divides by sqrt(v), which
@@ -124,22 +120,22 @@ def test_accumulation_equals_the_large_batch(tiny_recipe, tmp_path, optimizer):
         assert torch.allclose(a[key], b[key], **tol), key
 
 
-def test_partial_accumulation_at_the_end_of_an_epoch_is_weighted(tiny_recipe, tmp_path):
+def test_partial_accumulation_at_the_end_of_an_epoch_is_weighted(train_tiny):
     # 512 training examples in batches of 48: 11 micro-batches, the last of 32; accumulate 3 ->
     # 4 steps, the last over 2 micro-batches (80 examples). Same as batch 144 with a last of 80.
     common = ["train.epochs=1", "model.dropout=0.0", "optimizer.name=sgd", "optimizer.lr=0.1"]
-    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=48", "clip.accumulate=3"], "small")
-    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=144"], "big")
+    small = train_tiny([SMALL, *common, "data.batch_size=48", "clip.accumulate=3"], "small")
+    big = train_tiny([SMALL, *common, "data.batch_size=144"], "big")
     assert small.steps == big.steps == 4
     a, b = weights(small), weights(big)
     assert all(torch.allclose(a[k], b[k], atol=2e-6) for k in a)
 
 
-def test_clipping_happens_once_per_step_on_the_accumulated_gradient(tiny_recipe, tmp_path):
+def test_clipping_happens_once_per_step_on_the_accumulated_gradient(train_tiny):
     common = ["train.epochs=1", "model.dropout=0.0", "optimizer.name=sgd", "clip.policy=global_norm",
               "clip.max_norm=0.05"]
-    small = train(tiny_recipe, tmp_path, [*common, "data.batch_size=16", "clip.accumulate=4"], "small")
-    big = train(tiny_recipe, tmp_path, [*common, "data.batch_size=64"], "big")
+    small = train_tiny([SMALL, *common, "data.batch_size=16", "clip.accumulate=4"], "small")
+    big = train_tiny([SMALL, *common, "data.batch_size=64"], "big")
     a, b = weights(small), weights(big)
     assert all(torch.allclose(a[k], b[k], atol=2e-6) for k in a)
 
@@ -171,23 +167,39 @@ def test_fp16_overflowing_steps_are_skipped_and_the_scaler_adapts():
     assert stepper.state_dict()["scaler"]["scale"] == 2.0 ** 15
 
 
-def test_bf16_trains(tiny_recipe, tmp_path):
-    res = train(tiny_recipe, tmp_path, ["train.precision=bf16", "train.epochs=1"])
+def test_bf16_trains(train_tiny):
+    res = train_tiny([SMALL, "train.precision=bf16", "train.epochs=1"])
     assert res.stop_reason == "finished" and math.isfinite(res.history[-1]["val_loss"])
 
 
-def test_per_step_clip_logging_reaches_tensorboard(tiny_recipe, tmp_path):
+CLIP_LOGGING = [SMALL, "log.tensorboard=true", "clip.policy=global_norm", "clip.max_norm=0.1",
+                "clip.layer_norms_every=5", "train.epochs=1"]  # 8 steps
+
+
+def tensorboard_scalars(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = train(tiny_recipe, tmp_path, ["log.tensorboard=true", "clip.policy=global_norm", "clip.max_norm=0.1",
-                                        "clip.layer_norms_every=5", "train.epochs=1"])
-    acc = EventAccumulator(str(res.run_dir / "tb"))
+    acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
+    return acc
+
+
+def test_per_step_clip_logging_reaches_tensorboard(train_tiny):
+    res = train_tiny([*CLIP_LOGGING, "log.every_n_steps=4"])  # two whole log windows; see the xfail below
+    acc = tensorboard_scalars(res.run_dir)
     steps = [e.step for e in acc.Scalars("grad_norm")]
-    assert steps == list(range(1, res.steps + 1)) or steps[:5] == [1, 2, 3, 4, 5]  # every step
+    assert steps == list(range(1, res.steps + 1))  # every step, not only every 4th
     after = [e.value for e in acc.Scalars("grad_norm/clipped")]
-    assert max(after) <= 0.1 + 1e-4
+    assert len(after) == res.steps and max(after) <= 0.1 + 1e-4
     assert {"clip/fraction", "grad_norm/layer/head.weight"} <= set(acc.Tags()["scalars"])
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: at the end of an epoch Trainer._evaluate polls the guard, "
+                   "which reads the per-step series of the steps since the last log window without logging them")
+def test_steps_after_the_last_log_window_reach_tensorboard(train_tiny):
+    res = train_tiny(CLIP_LOGGING)  # log.every_n_steps 5: steps 6-8 end the epoch outside a whole window
+    steps = [e.step for e in tensorboard_scalars(res.run_dir).Scalars("grad_norm")]
+    assert steps == list(range(1, res.steps + 1))  # today: [1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,10 +209,12 @@ DIVERGE = ["optimizer.name=sgd", "optimizer.lr=1e30", "optimizer.momentum=0", "t
            "log.every_n_steps=2"]  # the first update overflows the weights
 
 
-def test_stop_names_the_step_and_module_and_keeps_the_last_finite_checkpoint(tiny_recipe, tmp_path):
-    res = train(tiny_recipe, tmp_path, DIVERGE)
-    assert res.stop_reason.startswith("non-finite loss or gradient at step")
-    assert "forward:" in res.stop_reason or "backward:" in res.stop_reason or "loss" in res.stop_reason
+def test_stop_names_the_step_and_module_and_keeps_the_last_finite_checkpoint(train_tiny):
+    res = train_tiny([SMALL, *DIVERGE])
+    # The first update (step 0, counted from 0 in this message) leaves huge but finite weights; the next
+    # forward pass overflows in the output layer, which the replay names.
+    assert res.stop_reason.startswith("non-finite loss or gradient at step 1 (epoch 0): ")
+    assert "forward: the output of head (Linear) became non-finite first" in res.stop_reason
     folder = res.run_dir / "checkpoints"
     assert res.diagnostic_checkpoint and res.diagnostic_checkpoint.is_file()
     for path in folder.glob("*.pt"):
@@ -208,15 +222,15 @@ def test_stop_names_the_step_and_module_and_keeps_the_last_finite_checkpoint(tin
             assert checkpoint.weights_finite(checkpoint.load(path)), path.name
 
 
-def test_skip_drops_updates_and_stops_after_k_in_a_row(tiny_recipe, tmp_path):
-    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=skip", "train.max_skips=3"])
+def test_skip_drops_updates_and_stops_after_k_in_a_row(train_tiny):
+    res = train_tiny([SMALL, *DIVERGE, "train.on_nonfinite=skip", "train.max_skips=3"])
     assert "consecutive updates skipped" in res.stop_reason
     assert any("skipped" in e for e in res.events + [res.stop_reason])
 
 
-def test_rollback_reloads_and_cuts_the_rate_until_it_trains(tiny_recipe, tmp_path):
-    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=1e-32",
-                                        "train.max_rollbacks=3"])
+def test_rollback_reloads_and_cuts_the_rate_until_it_trains(train_tiny):
+    res = train_tiny([SMALL, *DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=1e-32",
+                      "train.max_rollbacks=3"])
     events = res.events
     assert any("rolled back" in e for e in events), events
     assert res.stop_reason == "finished" and math.isfinite(res.history[-1]["val_loss"])
@@ -224,9 +238,9 @@ def test_rollback_reloads_and_cuts_the_rate_until_it_trains(tiny_recipe, tmp_pat
     assert payload["lr_scale"] <= 1e-32 and checkpoint.weights_finite(payload)
 
 
-def test_rollback_gives_up_after_max_rollbacks(tiny_recipe, tmp_path):
-    res = train(tiny_recipe, tmp_path, [*DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=0.9",
-                                        "train.max_rollbacks=2"])
+def test_rollback_gives_up_after_max_rollbacks(train_tiny):
+    res = train_tiny([SMALL, *DIVERGE, "train.on_nonfinite=rollback", "train.rollback_factor=0.9",
+                      "train.max_rollbacks=2"])
     assert "gave up after 2 rollback(s)" in res.stop_reason
 
 

@@ -51,21 +51,23 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in available().items()])
 
-    def invoke(self, ctx: click.Context):
-        """Run the subcommand; user mistakes become one clear message and exit code 2. Only `train`
-        runs in several processes (under torchrun); the others refuse a world size above 1."""
-        from nnrun.cli.common import is_worker, run_guarded
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """Only `train` runs in several processes (under torchrun); the others refuse a world size above 1."""
+        from nnrun.cli.common import is_worker
         from nnrun.errors import NnrunError
 
-        def call():
-            name = ctx.protected_args[0] if ctx.protected_args else None
-            if is_worker() and name not in (None, "train"):
-                raise NnrunError(f"nnrun {name} runs in one process, but torchrun started "
-                                 f"{os.environ['WORLD_SIZE']}", hint=f"run `nnrun {name} ...` without torchrun "
-                                 "(search scales out with --workers or more processes on one --storage)")
-            return super(LazyGroup, self).invoke(ctx)
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if is_worker() and name != "train":
+            raise NnrunError(f"nnrun {name} runs in one process, but torchrun started {os.environ['WORLD_SIZE']}",
+                             hint=f"run `nnrun {name} ...` without torchrun (search scales out with --workers "
+                                  "or more processes on one --storage)")
+        return name, cmd, rest
 
-        return run_guarded(call, debug=ctx.params.get("debug", False))
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; user mistakes become one clear message and exit code 2."""
+        from nnrun.cli.common import run_guarded
+
+        return run_guarded(lambda: super(LazyGroup, self).invoke(ctx), debug=ctx.params.get("debug", False))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

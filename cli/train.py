@@ -33,10 +33,10 @@ def command(args, run_dir, resume, nproc, device):
     recipe = _recipe(args, run_dir, resume)
     if nproc > 1 and not is_worker():
         argv = [*args] + [f"--{k}={v}" for k, v in (("run-dir", run_dir), ("resume", resume), ("device", device)) if v]
-        from nnrun.cli.launch import launch
+        from nnrun.distributed import launch_local
 
         err_console().print(f"[bold]nnrun train[/] {recipe.name}: {nproc} processes (torchrun)")
-        sys.exit(launch(nproc, argv))
+        sys.exit(launch_local(nproc, argv))
     _train(recipe, run_dir, resume, device)
 
 

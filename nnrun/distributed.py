@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import sys
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,3 +174,33 @@ def fingerprint(*states: Any) -> bytes:
     for s in states:
         feed(s)
     return digest.digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# launching on one machine (`nnrun train --nproc N`)
+
+
+def launch_local(nproc: int, args: list[str]) -> int:
+    """Run `python -m nnrun train <args>` in `nproc` processes on this machine through torchrun's
+    own launcher, in this process (as torchtune's `tune run` and Lightning Fabric do); returns the
+    exit code to leave with (0, or the first failed worker's: 2, 130, 143...). For several machines,
+    SLURM or elastic restarts, call torchrun itself (`torchrun --nnodes ... -m nnrun train ...`)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "nnrun", "train", *args)
+    except ChildFailedError as exc:
+        return worker_exit_code(exc.failures)
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
+
+
+def worker_exit_code(failures: dict) -> int:
+    """The code of the first failed worker (by rank); a worker killed by signal S gives 128 + S."""
+    code = failures[min(failures)].exitcode
+    return 128 + (-code) if code < 0 else code or 1

@@ -38,6 +38,7 @@ class TensorBoard(Callback):
         self.folder, self.histograms_every = Path(folder), histograms_every
         self.writer = None
         self._hook = None
+        self._series_upto = 0  # per-step values are written up to this step
 
     def _writing(self):
         """A failed write (full disk, read-only, `tb` blocked by a file) becomes one OutputError; the
@@ -62,12 +63,7 @@ class TensorBoard(Callback):
         for name, value in logs.items():
             if name not in per_step:
                 self.writer.add_scalar(name, value, step)
-        # With a clip policy (or fp16, or on a GPU): every step's loss, gradient norm before and
-        # after clipping and its flags, read from the device once per window.
-        for at, values in trainer.step_series:
-            for name, value in values.items():
-                if value == value:  # NaN: not computed that step
-                    self.writer.add_scalar(name, value, at)
+        self._series(trainer)
         for name, norm in trainer.layer_norms.items():
             self.writer.add_scalar(f"grad_norm/layer/{name}", float(norm), step)
 
@@ -90,7 +86,19 @@ class TensorBoard(Callback):
         with self._writing():
             self._record(trainer, record)
 
+    def _series(self, trainer: Trainer) -> None:
+        """With a clip policy (or fp16, or on a GPU): every step's loss, gradient norm before and
+        after clipping and its flags, read from the device once per window (or at an evaluation)."""
+        for at, values in trainer.step_series:
+            if at <= self._series_upto:
+                continue
+            for name, value in values.items():
+                if value == value:  # NaN: not computed that step
+                    self.writer.add_scalar(name, value, at)
+            self._series_upto = at
+
     def _record(self, trainer: Trainer, record: dict) -> None:
+        self._series(trainer)
         for key, value in record.items():
             if value is None:
                 continue
@@ -107,6 +115,7 @@ class TensorBoard(Callback):
         try:
             if self.writer is not None:
                 with self._writing():
+                    self._series(trainer)
                     self.writer.close()
         finally:
             self.close()

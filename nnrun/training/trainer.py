@@ -277,8 +277,13 @@ class Trainer:
         self._poll_guard(rows, log_norm=logs.get("grad_norm"))
 
     def _poll_guard(self, rows: list | None = None, log_norm: float | None = None) -> None:
-        """Act on non-finite steps seen since the last poll: stop, stop after K skips, or roll back."""
-        rows = self._window() if rows is None else rows
+        """Act on non-finite steps seen since the last poll: stop, stop after K skips, or roll back.
+        (Outside a log window, the rows read here become `step_series`, which the evaluation's and
+        the end's callbacks see, so no step's values go missing.)"""
+        if rows is None:
+            rows = self._window()
+            if rows:
+                self.step_series = [(st + 1, values) for st, values in rows]
         positions, self._positions = self._positions, []
         if not positions:
             return

@@ -14,6 +14,7 @@ losses, which :func:`nnrun.metrics.evaluate` relies on.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from nnrun.errors import NnrunError, RecipeError
@@ -81,8 +82,10 @@ def summed_loss(loss_fn: nn.Module, outputs: Tensor, targets: Tensor) -> Tensor:
     """The batch's sum of per-example losses, from a mean-reduced loss: ``mean * batch size``.
 
     Equal up to rounding for every loss :func:`build_loss` returns (label smoothing included), as
-    none has class weights, so summing over
-    batches and dividing by the example count gives the full set's mean loss, the training loss's
-    definition. Stays on the device (no host sync).
+    none has class weights, so summing over batches and dividing by the example count gives the
+    full set's mean loss, the training loss's definition. Computed in float64, so the sum does not
+    depend on how the set is cut into batches or shared out across processes (to ~1e-15). Stays on
+    the device (no host sync; float32 on MPS, which has no float64).
     """
-    return loss_fn(outputs, targets) * targets.shape[0]
+    wide = torch.float32 if outputs.device.type == "mps" else torch.float64
+    return loss_fn(outputs.to(wide), targets) * targets.shape[0]

@@ -85,9 +85,14 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shutdown() -> None:
-    """Leave the process group (every rank, at the end of the run)."""
+def shutdown(*, finished: bool = True) -> None:
+    """Leave the process group (every rank, at the end of the run). After a run that finished, the
+    ranks first wait for each other (rank 0 may still be writing the last checkpoint): a rank that
+    tears its group down while a peer still uses it can abort at exit. After a failure nobody waits
+    (a peer may be gone)."""
     if initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

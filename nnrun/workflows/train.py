@@ -67,11 +67,14 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
     if world.active:
         refuse_unsupported(recipe, world, dev)
         distributed.init(world, dev)
+    finished = False
     try:
-        return _run(recipe, world, dev, run_dir=run_dir, resume=resume, callbacks=callbacks, base_dir=base_dir,
-                    handle_signals=handle_signals, notes=notes)
+        result = _run(recipe, world, dev, run_dir=run_dir, resume=resume, callbacks=callbacks, base_dir=base_dir,
+                      handle_signals=handle_signals, notes=notes)
+        finished = True
+        return result
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished=finished)
 
 
 def _run(recipe: Recipe, world: distributed.World, device, *, run_dir, resume, handle_signals, **session_args):

@@ -64,19 +64,21 @@ def initialized() -> bool:
     return world().active and dist.is_initialized()
 
 
-def init(w: World, device: torch.device) -> None:
+def init(w: World, device: torch.device) -> bool:
     """Join the process group: the backend PyTorch maps to the device (gloo on CPU, nccl on CUDA),
     an explicit timeout, eager init on CUDA (`device_id`), and loopback for gloo on one machine
-    unless GLOO_SOCKET_IFNAME says otherwise (hostname-based interface choice is flaky)."""
-    if not w.active:
-        return
-    if dist.is_initialized():
-        return
+    unless GLOO_SOCKET_IFNAME says otherwise (hostname-based interface choice is flaky).
+
+    Returns whether this call created the group (a caller that already has one keeps it: leave it
+    to whoever created it)."""
+    if not w.active or dist.is_initialized():
+        return False
     if device.type == "cpu" and w.local_world_size == w.world_size:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if os.uname().sysname == "Darwin" else "lo")
     backend = dist.Backend.default_device_backend_map.get(device.type, "gloo")
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(backend=backend, timeout=TIMEOUT, rank=w.rank, world_size=w.world_size, **kwargs)
+    return True
 
 
 def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:

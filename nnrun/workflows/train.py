@@ -64,9 +64,10 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
     crash_point("start")
     world = distributed.world()
     dev = resolve_device(device or recipe.train.device, local_rank=world.local_rank if world.active else None)
+    created = False
     if world.active:
         refuse_unsupported(recipe, world, dev)
-        distributed.init(world, dev)
+        created = distributed.init(world, dev)
     finished = False
     try:
         result = _run(recipe, world, dev, run_dir=run_dir, resume=resume, callbacks=callbacks, base_dir=base_dir,
@@ -74,7 +75,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: Path | str | Non
         finished = True
         return result
     finally:
-        distributed.shutdown(finished=finished)
+        if created:
+            distributed.shutdown(finished=finished)
 
 
 def _run(recipe: Recipe, world: distributed.World, device, *, run_dir, resume, handle_signals, **session_args):

@@ -86,6 +86,16 @@ def batch_leaving_one(recipe: Path) -> int:
     return next(b for b in range(24, n) if n % b == 1)
 
 
+def test_unfreezing_re_wraps_the_model_so_the_new_parameters_sync(recipe, tmp_path):
+    """Frozen body for epoch 0, unfrozen from epoch 1: DDP built at the start would leave the body's
+    gradients unsynced (the ranks would drift apart and away from one process)."""
+    freeze = ["model.freeze=[body.*]", "model.unfreeze=[{epoch: 1, match: 'body.*'}]"]
+    assert train([recipe, *freeze, "--run-dir", tmp_path / "one"], tmp_path).returncode == 0
+    res = train([recipe, *freeze, "--run-dir", tmp_path / "two", "--nproc", "2"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    same_math(tmp_path / "one", tmp_path / "two")
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_uneven_and_empty_chunks_meet_the_same_bound(recipe, tmp_path, world):
     override = "data.batch_size=63" if world == 2 else f"data.batch_size={batch_leaving_one(recipe)}"

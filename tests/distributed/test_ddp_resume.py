@@ -52,7 +52,7 @@ def test_sigint_mid_epoch_on_two_processes_resumes_bit_for_bit(tmp_path):
     proc.send_signal(signal.SIGINT)  # to torchrun's agent in this process; it forwards to the workers
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert time.monotonic() - start < 30  # well inside torchrun's 30 s before SIGKILL
+    assert time.monotonic() - start < 10  # agreed, saved and out well inside torchrun's 30 s before SIGKILL
     cut = weights(tmp_path / "cut")
     assert cut["epoch"] >= 1 and cut["step"] < 40 * 18 and len(cut["rng"]) == 2
     stop_epochs = cut["epoch"] + (1 if cut["batch"] else 0) + 1

@@ -7,7 +7,6 @@ variance; judged in eval mode on the same batch) and no check FAILed.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from nnrun.components.losses import match_regression
 from nnrun.errors import writing
+from nnrun.files import dumps
 from nnrun.recipe.schema import Recipe
 from nnrun.tools.diagnostics import activations
 from nnrun.tools.diagnostics import rows as checks
@@ -84,19 +84,10 @@ class OverfitResult:
         path = Path(path)
         with writing(f"the report {path}", hint="choose a writable path with --json"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(strict_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
+            path.write_text(dumps(self.to_dict(), indent=2) + "\n")
         return path
 
 
-def strict_json(v):
-    """Strict JSON: NaN/Inf become null, anything unusual its string."""
-    if isinstance(v, dict):
-        return {str(k): strict_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)):
-        return [strict_json(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    return v if v is None or isinstance(v, (str, int, bool)) else str(v)
 
 
 def loss_threshold(recipe: Recipe, task: str, num_classes: int | None) -> float:

@@ -164,3 +164,18 @@ def test_metrics_jsonl_is_strict_json(tmp_path):
              for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"epoch": 1, "val_loss": None, "ema_val_acc": None},
                      {"epoch": 2, "val_loss": None, "val_acc": 0.5}]
+
+
+@pytest.mark.parametrize("command", [
+    ["lr-find", "{recipe}", "--steps", "40", "--out", "{out}"],
+    ["overfit-one-batch", "{recipe}", "--steps", "5", "--out", "{out}"],
+    ["ensemble", "{run}", "--all", "--mode", "weights", "--export", "{out}/avg.pt"],
+])
+def test_tools_on_a_full_disk_end_in_one_message(stopped_run, tiny_recipe, tmp_path, command):
+    """A file-size limit below what each tool writes (its CSV, report or exported checkpoint)."""
+    folder, _ = stopped_run
+    out = tmp_path / "out"
+    args = [a.format(recipe=tiny_recipe, run=folder, out=out) for a in command]
+    err = one_clean_error(run(args, limit=700))
+    assert "File too large" in err and str(out) in err
+    assert not list(out.rglob("*.tmp"))  # nothing half-written left behind

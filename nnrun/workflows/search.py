@@ -84,9 +84,9 @@ def _check_same_space(storage, plan: WorkerPlan) -> bool:
     study, created = studies.create_or_load(storage, plan.study_name(0), mode=plan.spec.mode)
     space = [p.to_dict() for p in plan.spec.params]
     stored = study.user_attrs.get("search")
-    if stored is None:
-        study.set_user_attr("search", json.loads(json.dumps(space)))
+    if stored is None:  # the metric first: a process that sees the space sees the metric too
         study.set_user_attr("metric", plan.spec.metric)
+        study.set_user_attr("search", json.loads(json.dumps(space)))
     elif stored != json.loads(json.dumps(space)) or study.user_attrs.get("metric") != plan.spec.metric:
         raise RecipeError([f"study `{plan.study}` in {plan.storage} searched another space or metric: "
                            "use the same recipe and search section, or another --study"])
@@ -185,23 +185,38 @@ def _run_here(plan: WorkerPlan, offset: int, monitor: Monitor, ids: list[str]) -
 # stopping
 
 
-@contextlib.contextmanager
-def _signals_noted() -> Iterator[list[int]]:
-    """While cleaning up after a stop: SIGINT/SIGTERM are noted in the yielded list instead of
-    raising, so the clean-up cannot be cut short halfway (it is bounded in time)."""
-    noted: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
-    def note(signum, frame):
-        noted.append(signum)
+class _Noted(list):
+    """The signals noted while handlers that only note them are installed, and a file descriptor
+    that becomes readable with each one (so a wait on it wakes up at once)."""
 
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self) -> None:
+        super().__init__()
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def __call__(self, signum, frame) -> None:
+        self.append(signum)
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"\0")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._write)
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[_Noted]:
+    """SIGINT/SIGTERM are noted instead of raising, so the code inside (waiting on workers, reading
+    or writing the storage) is never cut short halfway; it checks the note where it is safe."""
+    noted = _Noted()
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, noted) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         yield noted
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        noted.close()
 
 
 def _interrupt_running(storage, plan: WorkerPlan, ids: list[str]) -> None:
@@ -316,19 +331,25 @@ def _run_processes(plan: WorkerPlan, workers: int, monitor: Monitor, offset: int
 
 def _supervise(procs: list, conns: list, monitor: Monitor) -> list[str]:
     """Wait for every worker on its sentinel (any order of exits, before or during a poll, is
-    fine), reporting progress in between; a worker's user mistake is raised here."""
+    fine), reporting progress in between; a worker's user mistake is raised here. A signal is
+    raised as :class:`Stopped` between polls, never inside a storage read."""
     pending = {p.sentinel: i for i, p in enumerate(procs)}
     failures = []
-    while pending:
-        monitor.poll()
-        for sentinel in wait(list(pending), timeout=POLL_S):
-            i = pending.pop(sentinel)
-            procs[i].join()
-            error = _received(conns[i])
-            if error is not None:
-                raise error
-            if procs[i].exitcode:
-                failures.append(f"worker {i} (pid {procs[i].pid}) exited with code {procs[i].exitcode}")
+    with _signals_noted() as noted:
+        while pending:
+            if noted:
+                raise Stopped(noted[0])
+            monitor.poll()
+            for ready in wait([*pending, noted.fd], timeout=POLL_S):
+                if ready == noted.fd:
+                    continue
+                i = pending.pop(ready)
+                procs[i].join()
+                error = _received(conns[i])
+                if error is not None:
+                    raise error
+                if procs[i].exitcode:
+                    failures.append(f"worker {i} (pid {procs[i].pid}) exited with code {procs[i].exitcode}")
     return failures
 
 
@@ -343,7 +364,7 @@ def _stop_workers(procs: list) -> None:
                 p.terminate()
             deadline = time.monotonic() + STOP_GRACE_S
             while alive and not noted and time.monotonic() < deadline:
-                wait([p.sentinel for p in alive], timeout=0.2)
+                wait([*(p.sentinel for p in alive), noted.fd], timeout=1.0)
                 alive = [p for p in alive if p.exitcode is None]
         for p in alive:
             p.kill()

@@ -21,6 +21,7 @@ Optuna does the scheduling and the bookkeeping; this module only chooses its pie
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from nnrun.tools.search.recovery import RetryStale, quiet, retried_numbers
 HEARTBEAT_S = 20
 GRACE_S = 60
 SQLITE_TIMEOUT_S = 120
-INIT_ATTEMPTS = 3  # opening a new database races with another process creating its tables
+INIT_WAIT_S = 30  # how long opening a new database waits for another process creating its tables
 DEFAULT_FILE = "study.db"  # the default storage, relative to the search folder
 
 
@@ -96,6 +97,23 @@ def _immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened before the listeners existed
 
 
+def _rdb_storage(url: str, engine: dict):
+    """Optuna's RDBStorage; while another process is creating a new database's tables (one at a
+    time), creating them here fails, so try again until that is done (INIT_WAIT_S at most)."""
+    import optuna
+
+    deadline = time.monotonic() + INIT_WAIT_S
+    while True:
+        try:
+            with quiet():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=RetryStale())
+        except (sqlalchemy_exc.IntegrityError, sqlalchemy_exc.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # polling for the other process to finish, with a deadline
+
+
 def open_storage(url: str, *, origin: str = "--storage"):
     """An Optuna storage for a normalized URL (see :func:`storage_url`).
 
@@ -103,7 +121,6 @@ def open_storage(url: str, *, origin: str = "--storage"):
         url: the storage URL.
         origin: where the URL came from (named in the message when it cannot be opened).
     """
-    import optuna
 
     hint = (f"check the URL, the server and the folder's permissions; if the search folder was moved or "
             f"copied, or the study lives elsewhere, point at it with --storage (e.g. --storage "
@@ -118,16 +135,7 @@ def open_storage(url: str, *, origin: str = "--storage"):
                 return JournalStorage(JournalFileBackend(str(path)))
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        for attempt in range(INIT_ATTEMPTS):
-            try:
-                with quiet():
-                    storage = optuna.storages.RDBStorage(
-                        url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                        heartbeat_stale_trial_callback=RetryStale())
-                break
-            except sqlalchemy_exc.IntegrityError:  # another process created the tables at the same moment
-                if attempt == INIT_ATTEMPTS - 1:
-                    raise
+        storage = _rdb_storage(url, engine)
     except (ImportError, ModuleNotFoundError) as exc:
         raise NnrunError(f"storage {url}: {exc}", hint="install the database driver (e.g. psycopg2-binary)") from exc
     except Exception as exc:  # SQLAlchemy errors: bad URL, server down, no permission

@@ -12,7 +12,8 @@ from nnrun.cli.common import device_option, err_console, out_console, print_note
 @click.option("--space", type=click.Path(dir_okay=False),
               help="YAML file with the search section (replaces the recipe's).")
 @click.option("--trials", type=click.IntRange(min=1),
-              help="Trials of a search without stages (default search.trials, 20).")
+              help="Trials of a search without stages (default search.trials, 20; with --resume the stored budget, "
+                   "which a larger N raises).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local worker processes sharing the study.")
 @click.option("--study", help="Study name; processes with the same --study and --storage join it.")
@@ -40,14 +41,33 @@ def command(args, space, trials, workers, study, storage, sampler, pruner, out, 
     from nnrun.workflows import search as wf
 
     name, overrides = split_recipe_args(args, required=not resume)
-    recipe = _load(name, overrides, space, Path(out) if out else None, resume)
+    out = Path(out) if out else None
+    recipe = _load(name, overrides, space, out, resume)
     spec = parse(recipe.search, recipe, trials=trials, sampler=sampler, pruner=pruner)
+    if resume:  # the header shows the budget the resumed search keeps
+        out = out or wf.latest_search(recipe.name, recipe.log.run_dir)
+        spec = wf.with_budget(spec, wf.read_meta(out), trials, out)
     console = err_console()
     _header(console, recipe, spec, workers)
-    result = wf.run(recipe, spec, out=Path(out) if out else None, storage=storage, study=study, workers=workers,
-                    resume=resume, device=device, on_event=lambda line: _event(console, line))
+    try:
+        result = wf.run(recipe, spec, out=out, storage=storage, study=study, workers=workers, resume=resume,
+                        device=device, on_event=lambda line: _event(console, line), trials=trials)
+    except wf.SearchInterrupted as exc:
+        _interrupted(console, exc)
     _report(console, result)
     out_console().print(str(result.out))
+
+
+def _interrupted(console, exc) -> None:
+    """One line for a search stopped by a signal, then exit 130 (SIGINT) or 143 (SIGTERM)."""
+    import sys
+
+    from rich.markup import escape
+
+    trials = f"{len(exc.interrupted)} running trial(s) stopped and failed as interrupted; " if exc.interrupted else ""
+    console.print(f"[yellow]interrupted by {exc.name}[/]: {trials}continue with: nnrun search --out "
+                  f"{escape(str(exc.out))} --resume", soft_wrap=True)
+    sys.exit(exc.exit_code)
 
 
 def _load(name, overrides, space, out, resume):

@@ -1,16 +1,19 @@
-"""Optuna set-up shared by every worker: storage, study per stage, sampler, pruner, trial budget,
-and recovery of trials whose worker died.
+"""Optuna set-up shared by every worker: storage, study per stage, sampler, pruner, trial budget.
 
 Optuna does the scheduling and the bookkeeping; this module only chooses its pieces:
 
 - Storage: an SQLite file (``sqlite:///...``, embedded, one machine, a few processes; a lock
-  timeout in ``connect_args``), a journal file (``journal:PATH`` or a ``.log`` path:
-  ``JournalFileBackend``, append-only with a lock file, for a shared file system without a
-  database server), or any SQLAlchemy URL (PostgreSQL/MySQL) for many machines. Database storages
-  get Optuna heartbeats, so a trial whose worker vanished is failed and retried by
-  ``RetryHeartbeatStaleTrialCallback``. Journal storage has no heartbeat in Optuna 5: every trial
-  records its worker's host and pid, and a worker starting on that host fails and retries the
-  trials of dead pids (``--resume``).
+  timeout in ``connect_args``, and every transaction opened with ``BEGIN IMMEDIATE`` so that
+  Optuna's read-then-write updates, such as taking a queued trial, are atomic between processes),
+  a journal file (``journal:PATH`` or a ``.log`` path: ``JournalFileBackend``, append-only with a
+  lock file, for a shared file system without a database server), or any SQLAlchemy URL
+  (PostgreSQL/MySQL) for many machines. Database storages get Optuna heartbeats, so a trial whose
+  worker vanished is failed and retried (:mod:`nnrun.tools.search.recovery`). Journal storage has
+  no heartbeat in Optuna 5: every trial records its worker's host and pid, and a worker starting
+  on that host fails and retries the trials of dead pids (``--resume``).
+- The default storage is ``study.db`` *in the search folder*: ``search.json`` records it relative
+  to the folder, so a copied folder resumes into its own copy of the study and a moved one still
+  finds it. An explicit ``--storage`` is recorded as given.
 - Budget: ``optimize(n_trials=...)`` counts per worker, so the global cap is checked inside the
   objective before any work (a trial beyond the budget stops its worker), backed by
   ``MaxTrialsCallback``.
@@ -18,27 +21,28 @@ Optuna does the scheduling and the bookkeeping; this module only chooses its pie
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import warnings
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
-from nnrun.errors import NnrunError
+from sqlalchemy import event
+from sqlalchemy import exc as sqlalchemy_exc
+
+from nnrun.errors import NnrunError, writing
+from nnrun.tools.search.recovery import RetryStale, quiet, retried_numbers
 
 HEARTBEAT_S = 20
 GRACE_S = 60
-MAX_RETRY = 2
 SQLITE_TIMEOUT_S = 120
+INIT_WAIT_S = 30  # how long opening a new database waits for another process creating its tables
+DEFAULT_FILE = "study.db"  # the default storage, relative to the search folder
 
 
 def storage_url(spec: str | None, out: Path) -> str:
     """Normalize `--storage`: default an SQLite file in the search folder; a bare path ending in
     `.db` is SQLite, one ending in `.log`/`.jsonl` a journal file."""
     if not spec:
-        return f"sqlite:///{(out / 'study.db').resolve()}"
+        return f"sqlite:///{(out / DEFAULT_FILE).resolve()}"
     if spec.startswith("journal:"):
         return "journal:" + str(Path(spec[len("journal:"):]).expanduser().resolve())
     if "://" in spec:
@@ -53,37 +57,93 @@ def storage_url(spec: str | None, out: Path) -> str:
                           "postgresql+psycopg2://user:password@host/db")
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    from optuna.exceptions import ExperimentalWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        yield
+def sqlite_path(url: str) -> Path | None:
+    """The file of an `sqlite:///` URL (None for other storages and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix + ":memory:" else None
 
 
-def open_storage(url: str):
-    """An Optuna storage for a normalized URL (see :func:`storage_url`)."""
+def stored_form(url: str, out: Path) -> str:
+    """What `search.json` records for a storage URL: `study.db` (relative to the search folder)
+    for the folder's own SQLite file, else the URL as given."""
+    path = sqlite_path(url)
+    return DEFAULT_FILE if path is not None and path == (out / DEFAULT_FILE).resolve() else url
+
+
+def stored_url(value: str, out: Path) -> str:
+    """The storage URL that `search.json` records, resolved for the search folder `out` as it is
+    now: a relative file is in `out`. A URL written by an older nnrun that names another
+    folder's `study.db` while `out` holds its own (a copied or moved folder) means the own one."""
+    if "://" not in value and not value.startswith("journal:"):
+        return f"sqlite:///{(out / value).resolve()}"
+    path, own = sqlite_path(value), (out / DEFAULT_FILE).resolve()
+    if path is not None and path.name == DEFAULT_FILE and path != own and own.is_file():
+        return f"sqlite:///{own}"
+    return value
+
+
+def _immediate_transactions(engine) -> None:
+    """SQLite: take the write lock when a transaction begins (`BEGIN IMMEDIATE`), so a read and
+    the write that depends on it (Optuna's "is this trial still WAITING, then it is mine") run
+    as one step; the default deferred transaction lets two processes read the same state first."""
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, record):
+        dbapi_connection.isolation_level = None  # no implicit BEGIN from the driver
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
+
+
+def _rdb_storage(url: str, engine: dict):
+    """Optuna's RDBStorage; while another process is creating a new database's tables (one at a
+    time), creating them here fails, so try again until that is done (INIT_WAIT_S at most)."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    deadline = time.monotonic() + INIT_WAIT_S
+    while True:
+        try:
+            with quiet():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=RetryStale())
+        except (sqlalchemy_exc.IntegrityError, sqlalchemy_exc.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # polling for the other process to finish, with a deadline
+
+
+def open_storage(url: str, *, origin: str = "--storage"):
+    """An Optuna storage for a normalized URL (see :func:`storage_url`).
+
+    Args:
+        url: the storage URL.
+        origin: where the URL came from (named in the message when it cannot be opened).
+    """
+
+    hint = (f"check the URL, the server and the folder's permissions; if the search folder was moved or "
+            f"copied, or the study lives elsewhere, point at it with --storage (e.g. --storage "
+            f"FOLDER/{DEFAULT_FILE} or journal:/shared/study.log)")
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        with writing(f"the journal storage {path} (from {origin})", hint=hint):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with quiet():
+                return JournalStorage(JournalFileBackend(str(path)))
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        with _quiet():
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        storage = _rdb_storage(url, engine)
     except (ImportError, ModuleNotFoundError) as exc:
         raise NnrunError(f"storage {url}: {exc}", hint="install the database driver (e.g. psycopg2-binary)") from exc
     except Exception as exc:  # SQLAlchemy errors: bad URL, server down, no permission
-        raise NnrunError(f"cannot open the study storage {url}: {str(exc).splitlines()[0]}",
-                         hint="check the URL, the server and the folder's permissions") from exc
+        raise NnrunError(f"cannot open the study storage {url} (from {origin}): {str(exc).splitlines()[0]}",
+                         hint=hint) from exc
+    if url.startswith("sqlite"):
+        _immediate_transactions(storage.engine)
+    return storage
 
 
 def make_sampler(name: str, seed: int, trials: int):
@@ -121,21 +181,26 @@ def open_study(storage, name: str, *, mode: str, sampler=None, pruner=None):
                                pruner=pruner, direction="maximize" if mode == "max" else "minimize")
 
 
+def create_or_load(storage, name: str, *, mode: str):
+    """(the study `name`, whether this call created it). Creation is atomic in every storage, so
+    of several processes starting the same study at once exactly one gets True."""
+    import optuna
+    from optuna.exceptions import DuplicatedStudyError
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=False,
+                                    direction="maximize" if mode == "max" else "minimize")
+        return study, True
+    except DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage), False
+
+
 def study_exists(storage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
 # ---------------------------------------------------------------------------------------------
 # the budget
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def retried_numbers(trials) -> set[int]:
-    """Numbers of trials that a later trial retries (Optuna's `retry_history` system attribute)."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def counts_toward_budget(trial, retried: set[int]) -> bool:
@@ -154,70 +219,6 @@ def budget_used(study, *, below: int | None = None) -> int:
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     return sum(1 for t in trials if (below is None or t.number < below) and counts_toward_budget(t, retried))
-
-
-# ---------------------------------------------------------------------------------------------
-# lost workers
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def lost_on_this_host(trial) -> bool:
-    """A RUNNING trial whose worker ran on this machine and is gone."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
-
-
-def recover_lost_trials(study) -> list[int]:
-    """Fail the RUNNING trials of dead workers on this host (and, with heartbeats, stale ones
-    anywhere), and queue a retry of every trial lost with its worker. Returns the failed numbers."""
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-    from optuna.trial import TrialState
-
-    with _quiet():
-        optuna.storages.fail_stale_trials(study)  # heartbeat storages only; retries via its callback
-    storage, failed = study._storage, []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not lost_on_this_host(t):
-            continue
-        try:
-            storage.set_trial_user_attr(t._trial_id, "lost", f"worker {t.user_attrs['worker']} died")
-            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            failed.append(t.number)
-            _rename_lost(storage, t)
-        except UpdateFinishedTrialError:
-            continue
-    trials = study.get_trials(deepcopy=True)
-    retried = retried_numbers(trials)
-    with _quiet():
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-        for t in trials:
-            if t.state == TrialState.FAIL and t.user_attrs.get("lost") and t.number not in retried:
-                retry(study, t)
-    return failed
-
-
-def _rename_lost(storage, trial) -> None:
-    """`trial-0007-running/` of a dead worker -> `trial-0007-lost/` (kept: it may hold checkpoints)."""
-    run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
-    if trial.user_attrs.get("run_dir") and run_dir.is_dir():
-        target = run_dir.with_name(f"trial-{trial.number:04d}-lost")
-        with contextlib.suppress(OSError):
-            run_dir.rename(target)
-            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(target))
 
 
 def stage_done(study, budget: int) -> bool:

@@ -4,25 +4,37 @@ A worker is a plain process with the same :class:`WorkerPlan` (picklable data on
 `--workers W` spawns W of them and `nnrun search ... --study NAME --storage URL` on another
 machine runs the same code; Optuna's storage is the only thing they share. Each trial is a full
 `nnrun train` run in its own folder, renamed on completion to `trial-0042-val_acc=0.9731/`.
+
+A stop asked for by a signal (:mod:`nnrun.tools.search.stopping`) stops the running trial at its
+next step; the trial is then failed as interrupted (folder `trial-0042-interrupted/`) and the
+worker raises :class:`TrialInterrupted` instead of starting another one. A trial whose folder
+cannot be written ends the whole worker with the :class:`~nnrun.errors.OutputError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnrun.errors import NnrunError
+from nnrun.errors import NnrunError, OutputError, writing
 from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.search import Param, SearchSpec, Stage, override_text
 from nnrun.runtime import recipe_threads
+from nnrun.signals import Stopped
+from nnrun.tools.search import recovery
 from nnrun.tools.search import study as studies
+from nnrun.tools.search.recovery import rename_free
 from nnrun.tools.search.sampling import suggest
 from nnrun.tools.search.stages import narrow
+from nnrun.tools.search.stopping import INTERRUPTED, StopFlag, TrialInterrupted
 from nnrun.training.callbacks import Callback
 from nnrun.training.loggers import write_hparams
 from nnrun.training.session import TrainResult, train_recipe
@@ -82,54 +94,84 @@ def trial_overrides(plan: WorkerPlan, values: dict[str, Any], stage: Stage) -> l
     return out
 
 
-def _rename(src: Path, name: str) -> Path:
-    dst, n = src.with_name(name), 1
-    while dst.exists():
-        dst, n = src.with_name(f"{name}-{n}"), n + 1
-    try:
-        src.rename(dst)
-    except OSError:
-        return src
-    return dst
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR}
+
+
+def write_failure(exc: BaseException, run_dir: Path, number: int) -> OutputError | None:
+    """The OutputError that ends the whole search, when a trial failed because its folder (or the
+    search folder) cannot be written: every later trial would fail the same way."""
+    if isinstance(exc, OutputError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        return OutputError(f"cannot write trial {number}'s folder {run_dir}: {exc.strerror or exc}",
+                           hint="choose a writable folder with --out (and check its free space)")
+    return None
 
 
 @recipe_threads
-def train_trial(recipe: Recipe, *, run_dir: Path, callbacks: list[Callback], device: str | None) -> TrainResult:
-    """One trial's training run (in the worker's own thread count; signals are the parent's business)."""
-    return train_recipe(recipe, run_dir=run_dir, callbacks=callbacks, device=device)
+def train_trial(recipe: Recipe, *, run_dir: Path, callbacks: list[Callback], device: str | None,
+                stop: StopFlag) -> TrainResult:
+    """One trial's training run (in the worker's own thread count); a stop request stops it at the
+    next step."""
+    return train_recipe(recipe, run_dir=run_dir, callbacks=callbacks, device=device, fit_context=stop.attach)
 
 
 class Objective:
-    """The Optuna objective of one stage: sample, train, report, name the folder."""
+    """The Optuna objective of one stage: sample, train, report, name the folder.
 
-    def __init__(self, plan: WorkerPlan, k: int, params: list[Param]):
+    A trial whose folder cannot be written fails as lost (it is retried on `--resume`) and the
+    error is kept in `write_error`: the worker loop raises it, since every trial would fail so.
+    """
+
+    def __init__(self, plan: WorkerPlan, k: int, params: list[Param], stop: StopFlag | None = None):
         self.plan, self.k, self.params = plan, k, params
         self.stage = plan.spec.stages[k]
+        self.stop = stop or StopFlag()
+        self.write_error: OutputError | None = None
 
     def __call__(self, trial) -> float:
-        trial.set_user_attr("worker", studies.worker_id())
+        trial.set_user_attr("worker", recovery.worker_id())
+        if self.stop.signum is not None:  # asked to stop before this trial began: retried on --resume
+            trial.set_user_attr("lost", INTERRUPTED)
+            self.stop.check()
         if studies.budget_used(trial.study, below=trial.number) >= self.stage.trials:
             trial.set_user_attr("surplus", True)
             trial.study.stop()
             raise _Surplus()
         values = suggest(trial, self.params)
         run_dir = self.plan.stage_dir(self.k) / f"trial-{trial.number:04d}-running"
-        trial.set_user_attr("run_dir", str(run_dir))
-        base = dict(self.plan.recipe, search={})
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
         try:
-            recipe = validate(base, source=Source(f"trial {trial.number}"),
-                              overrides=trial_overrides(self.plan, values, self.stage))
-            reporter = _Reporter(trial, self.plan.spec.metric)
-            result = train_trial(recipe, run_dir=run_dir, callbacks=[reporter], device=self.plan.device)
-        except KeyboardInterrupt:
-            trial.set_user_attr("lost", "interrupted")  # retried on --resume
-            trial.set_user_attr("run_dir", str(_rename(run_dir, f"trial-{trial.number:04d}-interrupted")))
-            raise
+            result, reporter = self._train(trial, values, run_dir)
+            if self.stop.signum is not None and result.stop_reason == INTERRUPTED:  # else it trained to the end
+                raise TrialInterrupted(self.stop.signum)
+            return self._finish(trial, values, result, reporter)
+        except (KeyboardInterrupt, Stopped) as exc:  # retried on --resume
+            self._lost(trial, INTERRUPTED, INTERRUPTED)
+            if isinstance(exc, TrialInterrupted):
+                raise
+            raise TrialInterrupted(getattr(exc, "signum", None) or self.stop.signum or signal.SIGINT) from exc
         except Exception as exc:
+            self.write_error = write_failure(exc, run_dir, trial.number)
+            if self.write_error is not None:
+                self._lost(trial, f"not written: {self.write_error.message}", "failed")
+                raise
             trial.set_user_attr("error", str(exc)[:2000])
-            trial.set_user_attr("run_dir", str(_rename(run_dir, f"trial-{trial.number:04d}-failed")))
+            trial.set_user_attr("run_dir", str(rename_free(run_dir, f"trial-{trial.number:04d}-failed").resolve()))
             raise
-        return self._finish(trial, values, result, reporter)
+
+    def _train(self, trial, values: dict, run_dir: Path):
+        recipe = validate(dict(self.plan.recipe, search={}), source=Source(f"trial {trial.number}"),
+                          overrides=trial_overrides(self.plan, values, self.stage))
+        reporter = _Reporter(trial, self.plan.spec.metric)
+        result = train_trial(recipe, run_dir=run_dir, callbacks=[reporter], device=self.plan.device, stop=self.stop)
+        return result, reporter
+
+    def _lost(self, trial, note: str, kind: str) -> None:
+        with contextlib.suppress(Exception):  # recorded as well as the storage allows; the trial fails anyway
+            recovery.record_lost(trial.study._storage, trial, note=note, kind=kind,
+                                 stage_dir=self.plan.stage_dir(self.k))
 
     def _finish(self, trial, values: dict, result, reporter: _Reporter) -> float:
         import optuna
@@ -137,12 +179,14 @@ class Objective:
         metric = self.plan.spec.metric
         value = result.best["value"] if result.best else float("nan")
         tag = "-pruned" if reporter.pruned_at is not None else ""
-        final = _rename(result.run_dir, f"trial-{trial.number:04d}{tag}-{metric}={value:.4f}")
-        trial.set_user_attr("run_dir", str(final))
+        final = rename_free(result.run_dir, f"trial-{trial.number:04d}{tag}-{metric}={value:.4f}")
+        trial.set_user_attr("run_dir", str(final.resolve()))
         trial.set_user_attr("epochs", float(result.history[-1]["epoch"]) if result.history else 0.0)
         trial.set_user_attr("value", value if math.isfinite(value) else None)
-        write_hparams(Path(self.plan.out) / "tb", f"{self.plan.study_name(self.k)}/trial-{trial.number:04d}",
-                      values, {f"hparam/{metric}": value})
+        tb = Path(self.plan.out) / "tb"
+        with writing(f"TensorBoard hparams in {tb}", hint="choose a writable folder with --out"):
+            write_hparams(tb, f"{self.plan.study_name(self.k)}/trial-{trial.number:04d}", values,
+                          {f"hparam/{metric}": value})
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"{metric}={value:.4f} at epoch {reporter.pruned_at:g}")
         if not math.isfinite(value):
@@ -156,17 +200,25 @@ class Objective:
 # the worker loop
 
 
-def run_worker(plan: WorkerPlan, seed_offset: int = 0, *, after_trial: Callable[[], None] | None = None) -> None:
+def run_worker(plan: WorkerPlan, seed_offset: int = 0, *, after_trial: Callable[[], None] | None = None,
+               stop: StopFlag | None = None) -> None:
     """Run trials of every stage until all are done (waiting for other workers between stages).
 
     Args:
         plan: the search.
         seed_offset: this worker's sampler seed offset (distinct per worker).
         after_trial: called after each trial and narrowing (the in-process progress display).
+        stop: set by the signal handlers: the running trial stops at its next step and the worker
+            raises :class:`TrialInterrupted` instead of starting anything new.
+
+    Raises:
+        TrialInterrupted: a stop was asked for.
+        OutputError: a trial's folder (or the search's tb/) cannot be written.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    stop = stop or StopFlag()
     storage = studies.open_storage(plan.storage)
     params = list(plan.spec.params)
     for k, stage in enumerate(plan.spec.stages):
@@ -177,7 +229,8 @@ def run_worker(plan: WorkerPlan, seed_offset: int = 0, *, after_trial: Callable[
             params = stage_space(plan, storage, k, params)
             if after_trial:
                 after_trial()
-        run_stage(study, Objective(plan, k, params), stage.trials, after_trial)
+        run_stage(study, Objective(plan, k, params, stop), stage.trials, after_trial)
+    stop.check()
 
 
 def stage_space(plan: WorkerPlan, storage, k: int, previous: list[Param]) -> list[Param]:
@@ -204,14 +257,19 @@ def run_stage(study, objective: Objective, budget: int, after_trial: Callable[[]
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    stop, stage_dir = objective.stop, objective.plan.stage_dir(objective.k)
+
     def budget_callback(study, trial) -> None:
-        if studies.budget_used(study) >= budget:
+        if objective.write_error is not None:
+            raise objective.write_error
+        if studies.budget_used(study) >= budget or stop.signum is not None:
             study.stop()
         if after_trial:
             after_trial()
 
-    studies.recover_lost_trials(study)
+    recovery.recover_lost_trials(study, stage_dir)
     while not studies.stage_done(study, budget):
+        stop.check()
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting or studies.budget_used(study) < budget:
             study.optimize(objective, catch=(Exception,), gc_after_trial=False,
@@ -219,4 +277,5 @@ def run_stage(study, objective: Objective, budget: int, after_trial: Callable[[]
                                       budget_callback])
             continue
         time.sleep(POLL_S)  # other workers still run this stage's last trials
-        studies.recover_lost_trials(study)
+        recovery.recover_lost_trials(study, stage_dir)
+    stop.check()

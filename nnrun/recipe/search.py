@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnrun.errors import Problem, RecipeError, did_you_mean
-from nnrun.recipe.schema import Recipe, is_optional
+from nnrun.recipe.fields import is_optional
+from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import METRICS, known_task, metric_info, metric_names, resolve_monitor
 
 KINDS = ("uniform", "log_uniform", "int", "int_log", "choice")

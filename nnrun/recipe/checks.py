@@ -219,9 +219,10 @@ def _snapshot_problems(cfg: ScheduleConfig, span: float, unit: str) -> list[Prob
         return []
     if cycles <= MAX_SNAPSHOTS:
         return []
+    cycles_text = f"{cycles:,}" if cycles < 10**12 else f"{float(cycles):.3g}"
     key = "cycle_len" if cfg.name == "sgdr" else "step_size"
     return [Problem(("ensemble", "strategy"), f"snapshots keep one member per learning-rate cycle, and this run has "
-                                              f"{cycles:,} cycles ({span:g} {unit}s); at most {MAX_SNAPSHOTS}: "
+                                              f"{cycles_text} cycles ({span:g} {unit}s); at most {MAX_SNAPSHOTS}: "
                                               f"lengthen schedule.{key}")]
 
 
@@ -257,14 +258,16 @@ def sgdr_cycles_within(cycle_len: float, mult: float, span: float) -> int:
 def _sgdr_fit(cfg: ScheduleConfig, span: float, unit: str) -> list[Problem]:
     k = sgdr_cycles_within(cfg.cycle_len, cfg.cycle_mult, span)
     last = sgdr_cycle_end(k, cfg.cycle_len, cfg.cycle_mult) if k else 0.0
-    if k and abs(last - span) <= 1e-9 * max(span, cfg.cycle_len):
-        return []
     following = sgdr_cycle_end(k + 1, cfg.cycle_len, cfg.cycle_mult)
+    tol = 4e-9 * max(span, cfg.cycle_len)  # the count itself allows 1e-9 of rounding
+    if k and (abs(last - span) <= tol or abs(following - span) <= tol):
+        return []
     offset = cfg.warmup
     options = " or ".join(f"{e + offset:g}" for e in ([last] if k else []) + [following])
+    count = f"{k:,}" if k < 10**12 else f"{float(k):.3g}"
     return [Problem(("train", "epochs"),
                     f"SGDR cycles (cycle_len {cfg.cycle_len:g}, cycle_mult {cfg.cycle_mult:g}) do not end with the "
-                    f"run: {k} cycle(s) complete by {unit} {last + offset:g} and the run stops {span - last:g} "
+                    f"run: {count} cycle(s) complete by {unit} {last + offset:g} and the run stops {span - last:g} "
                     f"{unit}s into the next; set the run to end on a cycle ({unit}s: {options})")]
 
 

@@ -232,3 +232,103 @@ def test_search_budgets_and_huge_range_ends_are_bounded(write_recipe):
     path = write_recipe(f"search:\n  trials: 10000000\n  space:\n    seed: {{int: [0, 1{'0' * 40}]}}\n")
     text = "\n".join(str(p) for p in problems([], recipe=path))
     assert "search.trials" in text and "between 1 and 100000" in text and "search.space.seed" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# D2: schedule durations checked for what the run does with them, in bounded work
+
+
+def test_a_tiny_sgdr_cycle_is_refused_by_check_quickly(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (512 * 2**20, 512 * 2**20))
+
+    res = subprocess.run([sys.executable, "-c", "from nnrun.cli import main; main()", "check", "quickstart",
+                          "schedule.name=sgdr", "schedule.cycle_len=1e-9"],
+                         capture_output=True, text=True, timeout=60, preexec_fn=cap)
+    assert res.returncode == 2 and "shorter than one optimizer step" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["schedule.name=sgdr", "schedule.unit=steps", "schedule.cycle_len=0.5"], "cycle_len"),
+    (["schedule.name=step", "schedule.unit=steps", "schedule.step_size=0.25"], "step_size"),
+    (["schedule.name=cyclic", "schedule.step_size=1e-6"], "step_size"),
+])
+def test_durations_shorter_than_one_step_are_refused(overrides, key):
+    (p,) = problems(overrides)
+    assert p.path == ("schedule", key) and "shorter than one optimizer step" in p.message
+
+
+def test_in_epochs_an_unknown_size_source_is_checked_once_the_data_is_loaded(tmp_path):
+    import numpy as np
+    import torch
+
+    from nnrun.build import build
+
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(40, 3)).astype("float32"),
+             y=np.arange(40) % 2)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: npz, path: d.npz, batch_size: 8}\ntrain: {epochs: 1}\n"
+                      "schedule: {name: sgdr, cycle_len: 0.01}\n")
+    r = recipe_io.load(recipe, ["schedule.cycle_len=1e-300"])  # the size is not known before loading
+    with pytest.raises(RecipeError) as info:
+        build(r, device=torch.device("cpu"))
+    assert "shorter than one optimizer step" in str(info.value) and "an epoch has 5 here" in str(info.value)
+
+
+def test_counting_sgdr_cycles_takes_a_few_evaluations_whatever_the_values(monkeypatch):
+    from nnrun.recipe import checks
+
+    calls = []
+    end = checks.sgdr_cycle_end
+    monkeypatch.setattr(checks, "sgdr_cycle_end", lambda *a: calls.append(a) or end(*a))
+    for cycle_len, mult, span in [(1e-15, 1.0, 20.0), (1e-300, 100.0, 1e6), (1.0, 1.0000001, 1e9), (3.0, 2.0, 45.0)]:
+        calls.clear()
+        k = checks.sgdr_cycles_within(cycle_len, mult, span)
+        assert len(calls) <= 8 and k >= 0
+    assert checks.sgdr_cycles_within(3.0, 2.0, 45.0) == 4  # 3 + 6 + 12 + 24 = 45
+
+
+def test_snapshot_cycle_ends_are_listed_in_bounded_work():
+    from nnrun.components.schedules import build_schedule
+    from nnrun.recipe.schema import ScheduleConfig
+
+    s = build_schedule(ScheduleConfig(name="sgdr", unit="steps", cycle_len=1.0), steps_per_epoch=1000,
+                       total_steps=10**9)
+    ends = s.cycle_end_steps()
+    assert len(ends) == 1000 and ends[:3] == [1, 2, 3]
+    c = build_schedule(ScheduleConfig(name="cyclic", unit="steps", step_size=1.0), steps_per_epoch=10,
+                       total_steps=10**12)
+    assert len(c.cycle_end_steps()) == 1000
+
+
+def test_a_snapshot_ensemble_of_more_than_a_thousand_cycles_is_refused():
+    (p,) = problems(["schedule.name=sgdr", "schedule.cycle_len=0.05", "train.epochs=60",
+                     "ensemble.strategy=snapshots"])
+    assert p.path == ("ensemble", "strategy") and "1,200 cycles" in p.message
+
+
+def test_triangular2_after_thousands_of_cycles_does_not_overflow():
+    from nnrun.components.schedules import build_schedule
+    from nnrun.recipe.schema import ScheduleConfig
+
+    s = build_schedule(ScheduleConfig(name="cyclic", mode="triangular2", unit="steps", step_size=1.0),
+                       steps_per_epoch=10, total_steps=10_000, lr=0.1)
+    assert 0.0 <= s.rate(5001) <= 0.1
+
+
+@pytest.mark.parametrize("overrides", [[], ["data.limit=100"], ["data.val_fraction=0", "data.batch_size=7", "train.monitor=train_loss"],
+                                       ["data.drop_last=true", "data.batch_size=50"], ["clip.accumulate=3"],
+                                       ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1"]])
+def test_steps_per_epoch_known_before_loading_match_the_build(overrides):
+    import torch
+
+    from nnrun.build import build
+    from nnrun.recipe.checks import known_steps_per_epoch
+
+    r = recipe_io.load("quickstart", ["train.epochs=1", *overrides])
+    c = build(r, device=torch.device("cpu"))
+    assert known_steps_per_epoch(r) == c.total_steps

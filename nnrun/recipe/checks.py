@@ -12,7 +12,7 @@ import re
 
 from nnrun.errors import Problem, did_you_mean
 from nnrun.recipe.rules import init_problems, loss_problems, model_problems
-from nnrun.recipe.schema import Recipe, ScheduleConfig
+from nnrun.recipe.schema import ModelConfig, Recipe, ScheduleConfig
 from nnrun.recipe.tables import FUSED_OPTIMIZERS, SOURCES, has_validation, known_task, metric_names
 from nnrun.recipe.values import shown
 
@@ -64,7 +64,26 @@ def data_problems(recipe: Recipe) -> list[Problem]:
         out.append(Problem(("data", "factory"), "source `python` needs data.factory: `module:function`"))
     if d.feature_columns is not None and d.source != "csv":
         out.append(Problem(("data", "feature_columns"), "only used by source `csv`; remove it"))
-    return out
+    return out + _size_problems(recipe)
+
+
+def _size_problems(recipe: Recipe) -> list[Problem]:
+    """For a source of fixed size (`digits`), what loading and batching would refuse: a validation
+    carve that leaves no training example, or drop_last with a batch larger than the training set."""
+    d = recipe.data
+    n = SOURCES[d.source].train_examples
+    if n is None:
+        return []
+    n = min(n, d.limit) if d.limit is not None else n
+    n_val = max(1, round(d.val_fraction * n)) if d.val_fraction > 0 else 0
+    if n_val >= n:
+        key = "limit" if d.limit is not None else "val_fraction"
+        return [Problem(("data", key), f"val_fraction {d.val_fraction:g} of {n} examples leaves none for training; "
+                                       "lower data.val_fraction or use more examples (data.limit)")]
+    if d.drop_last and n - n_val < d.batch_size:
+        return [Problem(("data", "batch_size"), f"{d.batch_size} with drop_last leaves no batch of the "
+                                                f"{n - n_val} training examples; lower it or set drop_last: false")]
+    return []
 
 
 def monitor_problems(recipe: Recipe) -> list[Problem]:
@@ -111,10 +130,22 @@ def optimizer_problems(recipe: Recipe) -> list[Problem]:
     if o.groups and o.discriminative is not None:
         out.append(Problem(("optimizer", "discriminative"), "use either optimizer.groups or "
                                                             "optimizer.discriminative, not both"))
+    layers = mlp_parameter_layers(recipe.model) if recipe.model.arch == "mlp" else None
+    if o.discriminative is not None and layers is not None and o.discriminative.groups > layers:
+        out.append(Problem(("optimizer", "discriminative", "groups"),
+                           f"{o.discriminative.groups} groups but the model has only {layers} layers with parameters; "
+                           f"use at most {layers}"))
     if o.momentum_schedule is not None and o.name == "adagrad":
         out.append(Problem(("optimizer", "momentum_schedule"), "adagrad has no momentum; use sgd, rmsprop, "
                                                                "adam or adamw"))
     return out
+
+
+def mlp_parameter_layers(model: ModelConfig) -> int:
+    """Modules that own parameters in an mlp, which discriminative rates split into groups: a linear
+    layer per hidden width and the head, and a norm layer after each hidden one unless norm is
+    none (a test holds this to the built model)."""
+    return len(model.hidden) + 1 + (len(model.hidden) if model.norm != "none" else 0)
 
 
 def schedule_section_problems(recipe: Recipe) -> list[Problem]:

@@ -20,6 +20,7 @@ MAX_COUNT = 1_000_000         # evaluations, steps of a window, members
 MAX_INTERVAL = 1_000_000_000  # "every N steps" settings that allocate nothing
 MAX_WIDTH = 65_536            # a layer's units or channels
 MAX_LAYERS = 1_000
+MAX_FLOAT = 1e30  # any other float: it ends up in float32 tensors (max 3.4e38), times small factors
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,

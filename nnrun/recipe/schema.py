@@ -15,6 +15,7 @@ from nnrun.recipe.fields import (
     MAX_COUNT,
     MAX_DURATION,
     MAX_EPOCHS,
+    MAX_FLOAT,
     MAX_INTERVAL,
     MAX_LAYERS,
     MAX_SEED,
@@ -48,7 +49,7 @@ class DataConfig:
                                         "(stored in checkpoints, re-applied at prediction).",
                          choices=("standardize", "minmax", "none"))
     tanh_scale: float | None = opt(None, "Squash unbounded inputs as tanh(x / C) after normalizing.",
-                                      min=0.0, min_exclusive=True)
+                                      min=0.0, min_exclusive=True, max=MAX_FLOAT)
     limit: int | None = opt(None, "Use only the first N training examples (quick experiments).", min=1,
                             max=1_000_000_000)
     split_seed: int | None = opt(None, "Seed of the validation carve (default: `seed`); fixed across the "
@@ -105,15 +106,15 @@ class InitConfig:
     weights: str = opt("kaiming_normal", "Weight init of linear/conv layers; zeros is refused (symmetry).",
                        choices=INITS)
     gain: float | None = opt(None, "xavier/orthogonal gain; default: the activation's recommended gain.",
-                                min=0.0, min_exclusive=True)
+                                min=0.0, min_exclusive=True, max=MAX_FLOAT)
     mode: str = opt("fan_in", "kaiming: preserve forward (fan_in) or backward (fan_out) variance.",
                     choices=("fan_in", "fan_out"))
     nonlinearity: str = opt("auto", "kaiming/xavier/orthogonal: the gain's nonlinearity (auto: model.activation).",
                             choices=("auto",) + ACTIVATIONS + ("linear",))
-    std: float = opt(0.02, "normal: standard deviation.", min=0.0, min_exclusive=True)
-    bias: float = opt(0.0, "Constant for every bias.")
+    std: float = opt(0.02, "normal: standard deviation.", min=0.0, min_exclusive=True, max=MAX_FLOAT)
+    bias: float = opt(0.0, "Constant for every bias.", min=-MAX_FLOAT, max=MAX_FLOAT)
     lsuv_tol: float = opt(0.1, "lsuv: tolerance on each layer's output std around 1.", min=0.0,
-                          min_exclusive=True)
+                          min_exclusive=True, max=MAX_FLOAT)
     lsuv_iters: int = opt(10, "lsuv: maximum rescaling attempts per layer.", min=1, max=1000)
     from_: str | None = field(default=None, metadata={
         "key": "from", "doc": "Load weights from an nnrun checkpoint or a state-dict file before training "
@@ -123,12 +124,12 @@ class InitConfig:
 @dataclass(frozen=True)
 class GroupConfig:
     match: str = opt("*", "Glob on parameter names (e.g. `body.0.*`, `head.*`); first match wins.")
-    lr_mult: float = opt(1.0, "The group's rate is optimizer.lr times this.", min=0.0)
+    lr_mult: float = opt(1.0, "The group's rate is optimizer.lr times this.", min=0.0, max=MAX_FLOAT)
     weight_decay: float | None = opt(None, "The group's weight decay (default optimizer.weight_decay).",
-                                        min=0.0)
+                                        min=0.0, max=MAX_FLOAT)
     name: str | None = opt(None, "Name in logs (`lr/<name>`); default g<index>.")
     clip_norm: float | None = opt(None, "clip.policy per_param_norm: this group's per-tensor bound.",
-                                     min=0.0, min_exclusive=True)
+                                     min=0.0, min_exclusive=True, max=MAX_FLOAT)
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,14 @@ class MomentumScheduleConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = opt("adam", "Update rule.", choices=OPTIMIZERS)
-    lr: float = opt(1e-3, "Base learning rate (find it with `nnrun lr-find`).", min=0.0, min_exclusive=True)
+    lr: float = opt(1e-3, "Base learning rate (find it with `nnrun lr-find`).", min=0.0, min_exclusive=True,
+                    max=MAX_FLOAT)
     momentum: float = opt(0.9, "sgd/rmsprop: momentum (0 disables).", min=0.0, max=1.0)
     nesterov: bool = opt(False, "sgd: Nesterov momentum (needs momentum > 0).")
-    weight_decay: float = opt(0.0, "L2 penalty (adam, sgd, ...) or decoupled decay (adamw).", min=0.0)
+    weight_decay: float = opt(0.0, "L2 penalty (adam, sgd, ...) or decoupled decay (adamw).", min=0.0, max=MAX_FLOAT)
     betas: list[float] = opt([0.9, 0.999], "adam/adamw: decay rates of the first and second moments.",
                              item_min=0.0, item_max=1.0, max_items=2)
-    eps: float = opt(1e-8, "adam/adamw/rmsprop/adagrad: denominator term.", min=0.0, min_exclusive=True)
+    eps: float = opt(1e-8, "adam/adamw/rmsprop/adagrad: denominator term.", min=0.0, min_exclusive=True, max=MAX_FLOAT)
     alpha: float = opt(0.99, "rmsprop: smoothing constant of the squared-gradient average.", min=0.0, max=1.0)
     centered: bool = opt(False, "rmsprop: normalize by the gradient's estimated variance.")
     fused: str = opt("auto", "Fused/foreach kernels: auto uses the fastest numerically equivalent one.",
@@ -178,11 +180,12 @@ class PlateauConfig:
     factor: float = opt(0.1, "Multiply the rate by this when the monitored metric stalls.", min=0.0,
                         max=1.0, min_exclusive=True)
     patience: int = opt(10, "Evaluations without improvement before cutting the rate.", min=0, max=MAX_COUNT)
-    threshold: float = opt(1e-4, "Smallest change that counts as an improvement.", min=0.0)
+    threshold: float = opt(1e-4, "Smallest change that counts as an improvement.", min=0.0, max=MAX_FLOAT)
     threshold_mode: str = opt("rel", "rel: relative to the best value; abs: absolute (use for metrics <= 0).",
                               choices=("rel", "abs"))
     cooldown: int = opt(0, "Evaluations to wait after a cut before counting again.", min=0, max=MAX_COUNT)
-    min_lr: float = opt(0.0, "No cut takes the base rate below this (other groups keep their ratio).", min=0.0)
+    min_lr: float = opt(0.0, "No cut takes the base rate below this (other groups keep their ratio).", min=0.0,
+                        max=MAX_FLOAT)
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,8 @@ class ScheduleConfig:
                               min_exclusive=True, max=1.0)
     milestones: list[float] = opt([], "multistep: times at which the rate is multiplied by gamma.", item_min=0,
                                   item_max=MAX_DURATION, max_items=MAX_LAYERS)
-    k: float = opt(0.1, "exponential: a0*exp(-k t); inverse_time: a0/(1 + k t), t in `unit`.", min=0.0)
-    min_lr: float = opt(0.0, "cosine/sgdr: the rate at the bottom of each cosine.", min=0.0)
+    k: float = opt(0.1, "exponential: a0*exp(-k t); inverse_time: a0/(1 + k t), t in `unit`.", min=0.0, max=MAX_FLOAT)
+    min_lr: float = opt(0.0, "cosine/sgdr: the rate at the bottom of each cosine.", min=0.0, max=MAX_FLOAT)
     cycle_len: float = opt(10, "sgdr: length of the first cycle (at least one optimizer step).", min=0.0,
                            min_exclusive=True, max=MAX_DURATION)
     cycle_mult: float = opt(1.0, "sgdr: each cycle is this many times longer than the previous.", min=1.0,
@@ -208,13 +211,14 @@ class ScheduleConfig:
                              max=1.0, min_exclusive=True)
     mode: str = opt("triangular", "cyclic: triangular, triangular2 (amplitude halves each cycle) or "
                                   "exp_range.", choices=("triangular", "triangular2", "exp_range"))
-    base_lr: float | None = opt(None, "cyclic: lower bound (default max_lr / 4).", min=0.0)
+    base_lr: float | None = opt(None, "cyclic: lower bound (default max_lr / 4).", min=0.0, max=MAX_FLOAT)
     max_lr: float | None = opt(None, "cyclic/one_cycle: upper bound (default optimizer.lr).", min=0.0,
-                                  min_exclusive=True)
+                                  min_exclusive=True, max=MAX_FLOAT)
     pct_start: float = opt(0.3, "one_cycle: share of the run spent rising to max_lr.", min=0.0, max=1.0,
                            min_exclusive=True)
-    div_factor: float = opt(25.0, "one_cycle: the start rate is max_lr / div_factor.", min=1.0)
-    final_div_factor: float = opt(1e4, "one_cycle: the final rate is start rate / final_div_factor.", min=1.0)
+    div_factor: float = opt(25.0, "one_cycle: the start rate is max_lr / div_factor.", min=1.0, max=MAX_FLOAT)
+    final_div_factor: float = opt(1e4, "one_cycle: the final rate is start rate / final_div_factor.", min=1.0,
+                                  max=MAX_FLOAT)
     anneal: str = opt("cos", "one_cycle: shape of both phases.", choices=("cos", "linear"))
     cycle_momentum: bool = opt(True, "one_cycle: cycle momentum (SGD) or beta1 (Adam) inversely to the rate.")
     base_momentum: float = opt(0.85, "one_cycle: momentum at the peak rate.", min=0.0, max=1.0)
@@ -224,7 +228,7 @@ class ScheduleConfig:
     warmup_start: float = opt(0.0, "Warmup starts at this fraction of the rate.", min=0.0, max=1.0)
     final_decay: float = opt(0.0, "Last fraction of training that decays linearly to final_lr "
                                   "(lower the rate briefly before the end).", min=0.0, max=1.0)
-    final_lr: float = opt(0.0, "The rate final_decay ends at.", min=0.0)
+    final_lr: float = opt(0.0, "The rate final_decay ends at.", min=0.0, max=MAX_FLOAT)
     on_plateau: PlateauConfig | None = opt(None, "Cut any schedule when train.monitor stalls "
                                                     "(`name: plateau` uses it on a constant rate).")
 
@@ -234,14 +238,16 @@ class ClipConfig:
     policy: str = opt("none", "Gradient clip policy, applied once per optimizer step (after fp16 unscaling).",
                       choices=("none", "global_norm", "per_param_norm", "value", "agc", "autoclip"))
     max_norm: float = opt(1.0, "global_norm: bound on the norm of all gradients; per_param_norm: on each "
-                               "tensor's norm (a group's clip_norm overrides it).", min=0.0, min_exclusive=True)
+                               "tensor's norm (a group's clip_norm overrides it).", min=0.0, min_exclusive=True,
+                          max=MAX_FLOAT)
     norm_type: float = opt(2.0, "The p of the p-norm (inf allowed as .inf).", min=0.0, min_exclusive=True,
-                           allow_inf=True)
-    value: float = opt(1.0, "value: clamp every gradient element to [-value, value].", min=0.0, min_exclusive=True)
+                           allow_inf=True, max=MAX_FLOAT)
+    value: float = opt(1.0, "value: clamp every gradient element to [-value, value].", min=0.0, min_exclusive=True,
+                       max=MAX_FLOAT)
     clipping: float = opt(0.01, "agc: largest allowed unit-wise ratio of gradient norm to weight norm "
-                                "(smaller for larger batches).", min=0.0, min_exclusive=True)
+                                "(smaller for larger batches).", min=0.0, min_exclusive=True, max=MAX_FLOAT)
     eps: float = opt(1e-3, "agc: floor of the weight norm, so zero-initialized units can move.", min=0.0,
-                     min_exclusive=True)
+                     min_exclusive=True, max=MAX_FLOAT)
     agc_exclude: list[str] = opt(["head.*"], "agc: parameters never clipped (the output layer, as the AGC "
                                              "paper advises).")
     percentile: float = opt(10.0, "autoclip: clip to this percentile of the gradient-norm history.", min=0.0,
@@ -270,7 +276,7 @@ class EnsembleConfig:
                                            "train.epochs, as in the SWA paper).", min=0.0,
                                      max=MAX_EPOCHS)
     swa_lr: float | None = opt(None, "swa: constant learning rate from swa_start on (default: keep the "
-                                        "schedule).", min=0.0, min_exclusive=True)
+                                        "schedule).", min=0.0, min_exclusive=True, max=MAX_FLOAT)
     seeds: int = opt(1, "Train N runs that differ only in the seed (init, data order, dropout) into one "
                         "ensemble folder (seed-0/, seed-1/, ...); they share the validation split.", min=1,
                     max=1000)
@@ -304,7 +310,7 @@ class TrainConfig:
                                  min=0.0, max=1.0, min_exclusive=True)
     max_rollbacks: int = opt(3, "rollback: give up (stop) after this many rollbacks.", min=1, max=1000)
     explosion_factor: float = opt(10.0, "Warn when a gradient norm exceeds this many times the recent median.",
-                                  min=1.0)
+                                  min=1.0, max=MAX_FLOAT)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,9 @@ def _number_problem(value: Any, tp: Any, meta: dict) -> str | None:
     lo, hi = meta.get("min"), meta.get("max")
     item = (meta.get("item_min"), meta.get("item_max")) if is_list else (None, None)
     for v in numbers:
-        if isinstance(v, float) and not math.isfinite(v) and not (meta.get("allow_inf") and v == math.inf):
+        if v == math.inf and meta.get("allow_inf"):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
             if is_list:
                 return f"got {shown(value)}; every item must be a finite number"
             return f"got {shown(value)}; expected a finite number {describe_range(meta)}".rstrip()

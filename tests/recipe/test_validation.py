@@ -72,7 +72,7 @@ def test_every_float_key_refuses_non_finite_values(value):
 
 def test_nan_message_names_the_override_and_what_is_expected():
     (p,) = problems(["optimizer.lr=.nan"])
-    assert str(p) == "`optimizer.lr` (override `optimizer.lr=.nan`): got nan; expected a finite number > 0.0"
+    assert str(p) == "`optimizer.lr` (override `optimizer.lr=.nan`): got nan; expected a finite number > 0.0 and <= 1e+30"
 
 
 def test_infinity_norm_stays_allowed_for_clip_norm_type():
@@ -320,7 +320,8 @@ def test_triangular2_after_thousands_of_cycles_does_not_overflow():
     assert 0.0 <= s.rate(5001) <= 0.1
 
 
-@pytest.mark.parametrize("overrides", [[], ["data.limit=100"], ["data.val_fraction=0", "data.batch_size=7", "train.monitor=train_loss"],
+@pytest.mark.parametrize("overrides", [[], ["data.limit=100"],
+                                       ["data.val_fraction=0", "data.batch_size=7", "train.monitor=train_loss"],
                                        ["data.drop_last=true", "data.batch_size=50"], ["clip.accumulate=3"],
                                        ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1"]])
 def test_steps_per_epoch_known_before_loading_match_the_build(overrides):
@@ -332,3 +333,19 @@ def test_steps_per_epoch_known_before_loading_match_the_build(overrides):
     r = recipe_io.load("quickstart", ["train.epochs=1", *overrides])
     c = build(r, device=torch.device("cpu"))
     assert known_steps_per_epoch(r) == c.total_steps
+
+
+@pytest.mark.parametrize("overrides", [["model.hidden=[8]"], ["model.hidden=[8, 8]", "model.norm=batch"],
+                                       ["model.hidden=[16, 8, 8]", "model.norm=layer"], ["model.hidden=[]"]])
+def test_discriminative_groups_are_checked_against_the_mlps_layers_before_building(overrides):
+    import torch
+
+    from nnrun.build import build
+    from nnrun.components.optim import layer_blocks
+    from nnrun.recipe.checks import mlp_parameter_layers
+
+    r = recipe_io.load("quickstart", ["train.epochs=1", *overrides])
+    layers = mlp_parameter_layers(r.model)
+    assert layers == len(layer_blocks(build(r, device=torch.device("cpu")).model))
+    (p,) = problems([*overrides, f"optimizer.discriminative.groups={layers + 1}"])
+    assert p.path == ("optimizer", "discriminative", "groups") and f"at most {layers}" in p.message

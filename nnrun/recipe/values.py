@@ -45,7 +45,9 @@ def describe_type(tp: Any) -> str:
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(describe_type(a) for a in inner) + " or null"
     if origin is list:
-        return f"a list of {describe_type(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(
+            item, describe_type(item))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
             dict: "a mapping"}.get(tp, str(tp))
 

@@ -72,7 +72,8 @@ def test_every_float_key_refuses_non_finite_values(value):
 
 def test_nan_message_names_the_override_and_what_is_expected():
     (p,) = problems(["optimizer.lr=.nan"])
-    assert str(p) == "`optimizer.lr` (override `optimizer.lr=.nan`): got nan; expected a finite number > 0.0 and <= 1e+30"
+    assert str(p) == ("`optimizer.lr` (override `optimizer.lr=.nan`): got nan; expected a finite number > 0.0 "
+                      "and <= 1e+30")
 
 
 def test_infinity_norm_stays_allowed_for_clip_norm_type():

@@ -202,3 +202,13 @@ def test_utf16_with_a_byte_order_mark_and_a_utf8_bom_are_read(tmp_path):
 def test_a_nul_in_text_is_refused(write_recipe):
     (p,) = problems_of(write_recipe('data:\n  source: csv\n  path: "a\\0b.csv"\n'))
     assert p.path == ("data", "path") and "NUL" in p.message
+
+
+def test_check_imports_no_torch(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("optimizer: &o {name: sgd, lr: 0.1}\nschedule: {name: step}\n")
+    code = ("import sys\nfrom nnrun.cli import main\nfor args in (['check', 'quickstart', 'optimizer.fused=off'], "
+            f"['check', {str(path)!r}]):\n    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")

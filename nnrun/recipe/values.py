@@ -104,7 +104,7 @@ def check_field(value: Any, tp: Any, meta: dict) -> Any:
         raise ValueProblem(f"got `{shown(value)}`; expected {describe_type(tp)}{hint}") from None
     if value is None:
         return None
-    problem = _choice_problem(value, choices) or _text_problem(value) or _number_problem(value, tp, meta)
+    problem = _choice_problem(value, choices) or _text_problem(value) or _number_problem(value, meta)
     if problem:
         raise ValueProblem(problem)
     return value
@@ -131,7 +131,7 @@ def _text_problem(value: Any) -> str | None:
     return None
 
 
-def _number_problem(value: Any, tp: Any, meta: dict) -> str | None:
+def _number_problem(value: Any, meta: dict) -> str | None:
     """Non-finite numbers, numbers out of range, too many items."""
     is_list = isinstance(value, list)
     max_items = meta.get("max_items")

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from nnrun.errors import Problem
+from nnrun.recipe.values import shown
 
 MAX_DEPTH = 64
 """Deepest nesting of mappings and lists (a recipe needs 6; aliases count their own depth)."""
@@ -101,7 +102,7 @@ class _Builder:
     def __init__(self) -> None:
         self.constructor = _Loader("")  # only its scalar constructors are used
         self.lines: dict[tuple, int] = {}
-        self.duplicates: dict[tuple, Problem] = {}
+        self.duplicates: dict[tuple, Problem] = {}  # (key, line, line): an aliased mapping reports once
         self.count = 0
         self.open: set[int] = set()  # ids of the collections being built (a cycle shows up here)
 
@@ -130,8 +131,10 @@ class _Builder:
             self.open.discard(id(node))
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _TAG + "value":  # YAML 1.1's `=` (the "default value" key): no constructor, so text
+            return node.value
         if node.tag not in _SCALAR_TAGS:
-            raise YamlProblem(_line(node), f"unknown tag {_short(node.tag)} on `{_clip(node.value)}`; "
+            raise YamlProblem(_line(node), f"unknown tag {_short(node.tag)} on `{shown(node.value, 40)}`; "
                                            "recipes use plain values (quote text: 'like this')")
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
@@ -139,10 +142,10 @@ class _Builder:
             why = (getattr(exc, "problem", None) or (str(exc) if type(exc) is ValueError else "")).strip()
             why = "" if not why or why.startswith(("invalid literal", "could not convert")) else \
                 f": {why.splitlines()[0]}"
-            raise YamlProblem(_line(node), f"not valid YAML (cannot read `{_clip(node.value)}` as "
+            raise YamlProblem(_line(node), f"not valid YAML (cannot read `{shown(node.value, 40)}` as "
                                            f"{_SCALAR_TAGS[node.tag]}{why})") from exc
         if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
-            raise YamlProblem(_line(node), f"not valid YAML (the number `{_clip(node.value)}` is too large)")
+            raise YamlProblem(_line(node), f"not valid YAML (the number `{shown(node.value, 40)}` is too large)")
         return value
 
     def key(self, node: yaml.Node) -> str:
@@ -186,18 +189,13 @@ class _Builder:
 
     def duplicate(self, path: tuple, first: int, second: int) -> None:
         name = path[-1]
-        self.duplicates[(first, second)] = Problem(
+        self.duplicates[(name, first, second)] = Problem(
             path, f"duplicate key: `{name}` is also written at line {first}, and YAML would silently keep only "
                   "the last one; write it once (merge the two into one)", f"line {second}")
 
 
 def _short(tag: str) -> str:
     return "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
-
-
-def _clip(text: str, width: int = 40) -> str:
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:width + 1])
-    return text if len(text) <= width else text[:width] + "..."
 
 
 def parse_document(text: str) -> tuple[Any, dict[tuple, int], list[Problem]]:

@@ -243,6 +243,7 @@ def check_is_clean(cli, path, *args):
 @settings(FUZZ, max_examples=400)
 @given(text=damaged(mutated_documents()))
 @example(text="optimizer: {fused: off}\n")
+@example(text="name: =\n")  # YAML 1.1's value key `=` had no constructor
 @example(text="name: 2020-13-45\n")
 @example(text="model:\n  kwargs: {d: 2020-01-01, b: !!binary aGk=}\n  arch: python\n  factory: a:b\n")
 @example(text="search:\n  space:\n    data.label_column: {choice: [2020-01-01, y]}\n")

@@ -126,7 +126,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[tuple[str, ...], Any
         except yamltext.YamlProblem as exc:
             problems.append(Problem(path, exc.message, f"override `{shown_raw}`"))
             continue
-        parsed.append((path, typed, shown_raw))
+        parsed.append((path, typed, raw))
     if problems:
         raise RecipeError(problems, source="command line")
     return parsed
@@ -221,7 +221,7 @@ def validate(data: dict, *, source: Source, lines: dict[tuple, int] | None = Non
     origins = {}
     for path, value, raw in parse_overrides(overrides):
         _apply_override(data, path, value)
-        origins[path] = raw
+        origins[path] = shown(raw, 100)  # as messages show it
     if "name" not in data and source.path is not None:
         data["name"] = source.path.stem
     elif "name" not in data:

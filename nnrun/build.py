@@ -103,9 +103,9 @@ def load_pretrained(model: nn.Module, source: str) -> str:
     path = Path(source)
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
-        example = last if last.is_file() else path / "checkpoints" / "last.pt"
-        raise CheckpointError(f"init.from: {path} is a folder; it needs a checkpoint file",
-                              hint=f"name the .pt file itself, e.g. init.from={example}")
+        hint = (f"name the file itself, e.g. init.from={last}" if last.is_file() else
+                "name a .pt file: an nnrun checkpoint (a run's checkpoints/last.pt or a top-k file) or a state dict")
+        raise CheckpointError(f"init.from: {path} is a folder; it needs a checkpoint file", hint=hint)
     if not path.is_file():
         raise CheckpointError(f"init.from: {path} does not exist", hint="give an nnrun .pt file or a state-dict file")
     try:

@@ -217,6 +217,10 @@ def test_init_from_a_folder_says_it_needs_a_file(tmp_path):
         load_pretrained(nn.Linear(2, 2), str(tmp_path / "run"))
     assert "is a folder" in info.value.message and "does not exist" not in info.value.message
     assert "checkpoints/last.pt" in info.value.hint
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(nn.Linear(2, 2), str(tmp_path / "run"))
+    assert f"init.from={tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in info.value.hint
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from nnrun.data.normalize import fit_normalizer
 from nnrun.distributed import SINGLE, World
 from nnrun.errors import CheckpointError, DataError, Problem, RecipeError
 from nnrun.recipe import to_dict
-from nnrun.recipe.checks import schedule_problems
+from nnrun.recipe.checks import resolution_problems, schedule_problems
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import metric_info, metric_names, resolve_monitor, split_seed
 from nnrun.runtime import seed_everything
@@ -103,6 +103,11 @@ def load_pretrained(model: nn.Module, source: str) -> str:
     note lists what was loaded, missing, unexpected and skipped.
     """
     path = Path(source)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        hint = (f"name the file itself, e.g. init.from={last}" if last.is_file() else
+                "name a .pt file: an nnrun checkpoint (a run's checkpoints/last.pt or a top-k file) or a state dict")
+        raise CheckpointError(f"init.from: {path} is a folder; it needs a checkpoint file", hint=hint)
     if not path.is_file():
         raise CheckpointError(f"init.from: {path} does not exist", hint="give an nnrun .pt file or a state-dict file")
     try:
@@ -246,8 +251,12 @@ def build(recipe: Recipe, *, device: torch.device, base_dir: Path | None = None,
     notes += _accumulation_note(recipe, model)
     steps_per_epoch = math.ceil(len(train_batches) / recipe.clip.accumulate)  # optimizer steps
     total_steps = max(1, math.ceil(recipe.train.epochs * steps_per_epoch))
-    problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch)
+    problems = schedule_problems(recipe.schedule, epochs=recipe.train.epochs, steps_per_epoch=steps_per_epoch,
+                                 snapshots=recipe.ensemble.strategy == "snapshots")
     if problems and recipe.schedule.unit == "steps":
+        raise RecipeError(problems)
+    problems = resolution_problems(recipe.schedule, steps_per_epoch)  # in epochs, known only now
+    if problems:
         raise RecipeError(problems)
     _, mode = monitor_of(recipe, data.task)
     schedule = build_schedule(recipe.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from nnrun.recipe.checks import MAX_SNAPSHOTS, sgdr_cycle_end, sgdr_cycles_within
 from nnrun.recipe.schema import MomentumScheduleConfig, PlateauConfig, ScheduleConfig
 
 DEFAULT_GAMMA = {"step": 0.1, "multistep": 0.1, "exp_range": 0.99994}
@@ -40,16 +41,6 @@ def sgdr_cycle(t: float, cycle_len: float, mult: float) -> tuple[int, float, flo
     return i, t - cycle_len * (1 - mult ** i) / (1 - mult), length
 
 
-def sgdr_boundaries(cycle_len: float, mult: float, until: float) -> list[float]:
-    """The times at which SGDR cycles end, up to and including the first one past `until`."""
-    ends, t, length = [], 0.0, cycle_len
-    while t < until - 1e-9:
-        t += length
-        ends.append(t)
-        length *= mult
-    return ends
-
-
 def one_cycle(cfg: ScheduleConfig, step: int, total: int, max_lr: float) -> tuple[float, float]:
     """(lr, momentum) of PyTorch's two-phase OneCycleLR at `step` of `total` steps."""
     initial = max_lr / cfg.div_factor
@@ -70,7 +61,7 @@ def cyclic(cfg: ScheduleConfig, t: float, step: int, lr: float) -> float:
     base = cfg.base_lr if cfg.base_lr is not None else max_lr / 4
     cycle = math.floor(1 + t / (2 * cfg.step_size))
     x = abs(t / cfg.step_size - 2 * cycle + 1)
-    scale = {"triangular": 1.0, "triangular2": 1.0 / 2 ** (cycle - 1),
+    scale = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1),  # a float power: no huge integer
              "exp_range": (cfg.gamma or DEFAULT_GAMMA["exp_range"]) ** step}[cfg.mode]
     return base + (max_lr - base) * max(0.0, 1.0 - x) * scale
 
@@ -230,14 +221,20 @@ class Schedule:
             return one_cycle(self.cfg, max(step - w, 0), max(self.total_steps - w, 1), self.cfg.max_lr or self.lr)[1]
         return None
 
-    def cycle_end_steps(self) -> list[int]:
-        """Optimizer steps (counts) at which an SGDR or cyclic cycle ends: snapshot-ensemble members."""
+    def cycle_end_steps(self, limit: int = MAX_SNAPSHOTS) -> list[int]:
+        """Optimizer steps (counts) at which an SGDR or cyclic cycle ends: snapshot-ensemble members.
+
+        The cycles are counted in closed form and at most `limit` are listed (validation refuses a
+        snapshot ensemble with more), so the list never grows with a tiny cycle length."""
         w, main = self.warmup_steps, self.total_steps - self.warmup_steps
-        if self.cfg.name == "sgdr":
-            ends = sgdr_boundaries(self.cfg.cycle_len, self.cfg.cycle_mult, main / self.per_unit)
-        elif self.cfg.name == "cyclic":
-            period = 2 * self.cfg.step_size
-            ends = [period * k for k in range(1, int(main / self.per_unit / period + 1e-9) + 1)]
+        horizon = main / self.per_unit
+        cfg = self.cfg
+        if cfg.name == "sgdr":
+            count = sgdr_cycles_within(cfg.cycle_len, cfg.cycle_mult, horizon)
+            ends = (sgdr_cycle_end(k, cfg.cycle_len, cfg.cycle_mult) for k in range(1, min(count, limit) + 1))
+        elif cfg.name == "cyclic":
+            period = 2 * cfg.step_size
+            ends = (period * k for k in range(1, min(int(horizon / period + 1e-9), limit) + 1))
         else:
             return []
         return [w + int(round(e * self.per_unit)) for e in ends if round(e * self.per_unit) <= main]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import re
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,23 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nnrun.errors import Problem, RecipeError, did_you_mean
+from nnrun.recipe import yamltext
 from nnrun.recipe.checks import cross_field_problems
-from nnrun.recipe.schema import Recipe, dataclass_of, describe_range, is_optional, yaml_key
+from nnrun.recipe.fields import dataclass_of, yaml_key
+from nnrun.recipe.schema import Recipe
 from nnrun.recipe.search import override_text, search_problems
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 needs a dot: `1.0e-3`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+from nnrun.recipe.values import ValueProblem, check_field, shown
 
 
 @dataclass(frozen=True)
@@ -63,14 +53,33 @@ def shipped_recipes() -> dict[str, Any]:
     return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
+def read_text(path: Path) -> str:
+    """A recipe file's text: UTF-8 (UTF-16 with its byte-order mark too), at most 1 MiB."""
+    def refuse(message: str, where: str | None = None) -> RecipeError:
+        return RecipeError([Problem((), message, where)], source=str(path))
+
+    try:
+        size = path.stat().st_size
+        if size > yamltext.MAX_BYTES:
+            raise refuse(f"the file has {size:,} bytes; a recipe is YAML text of at most {yamltext.MAX_BYTES:,} "
+                         "bytes: is it the right file?")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise refuse(f"cannot read the recipe file: {exc.strerror or exc}") from exc
+    encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise refuse(f"not {encoding.upper()} text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the "
+                     "file as UTF-8", f"line {line}") from exc
+
+
 def locate(name_or_path: str | Path) -> tuple[str, Source]:
     """Read recipe text from a file, or from a shipped recipe named without a path."""
     path = Path(name_or_path)
     if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8"), Source(str(path), path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError([Problem((), f"cannot read the recipe file: {exc}")], source=str(path)) from exc
+        return read_text(path), Source(str(path), path)
     shipped = shipped_recipes()
     stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
     if str(name_or_path) == stem and stem in shipped:
@@ -80,33 +89,18 @@ def locate(name_or_path: str | Path) -> tuple[str, Source]:
                                    "run `nnrun recipes` to list them")], source=str(name_or_path))
 
 
-def _construct(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
-    """Node -> Python value, recording the line of every mapping key by its dotted path."""
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(_Loader(" ").construct_object(key_node))
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, path + (key,), lines)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(n, path + (i,), lines) for i, n in enumerate(node.value)]
-    return _Loader(" ").construct_object(node, deep=True)
-
-
 def parse_text(text: str, source: Source) -> tuple[dict, dict[tuple, int]]:
-    """YAML text -> (mapping, {key path: line}); syntax errors name the line."""
+    """YAML text -> (mapping, {key path: line}); what YAML or a recipe cannot hold names its line
+    (see :mod:`nnrun.recipe.yamltext`: tags, alias bombs, recursive anchors, deep nesting, duplicate keys)."""
     try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([Problem((), f"{where}not valid YAML ({problem})")], source=source.label) from exc
-    lines: dict[tuple, int] = {}
-    if node is None:
+        data, lines, duplicates = yamltext.parse_document(text)
+    except yamltext.YamlProblem as exc:
+        where = f"line {exc.line}" if exc.line else None
+        raise RecipeError([Problem((), exc.message, where)], source=source.label) from exc
+    if duplicates:
+        raise RecipeError(duplicates, source=source.label)
+    if data is None:
         return {}, lines
-    data = _construct(node, (), lines)
     if not isinstance(data, dict):
         raise RecipeError([Problem((), "the recipe must be a mapping of sections (data:, model:, ...)")],
                           source=source.label)
@@ -118,14 +112,21 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[tuple[str, ...], Any
     parsed, problems = [], []
     for raw in overrides:
         key, sep, value = raw.partition("=")
+        shown_raw = shown(raw, 100)
         if not sep or not key.strip():
-            problems.append(Problem((), f"override `{raw}`: expected key=value, e.g. optimizer.lr=3e-4"))
+            problems.append(Problem((), f"override `{shown_raw}`: expected key=value, e.g. optimizer.lr=3e-4"))
+            continue
+        path = tuple(key.strip().split("."))
+        if not all(path):
+            problems.append(Problem((), f"override `{shown_raw}`: the key has an empty part (two dots in a row, or "
+                                        "a dot at an end); write it as section.key, e.g. data.source=csv"))
             continue
         try:
-            typed = yaml.load(value, Loader=_Loader) if value.strip() else None
-        except yaml.YAMLError:
-            typed = value
-        parsed.append((tuple(key.strip().split(".")), typed, raw))
+            typed = yamltext.parse_value(value) if value.strip() else None
+        except yamltext.YamlProblem as exc:
+            problems.append(Problem(path, exc.message, f"override `{shown_raw}`"))
+            continue
+        parsed.append((path, typed, raw))
     if problems:
         raise RecipeError(problems, source="command line")
     return parsed
@@ -142,9 +143,14 @@ class _Problems:
         self.source, self.lines, self.origins, self.items = source, lines, origins, []
 
     def where(self, path: tuple) -> str:
-        if path in self.origins:
-            return f"override `{self.origins[path]}`"
+        """The override that set the key (or a section above it, or a key below it that it created),
+        else the line of the key or of its nearest section in the file, else `default`."""
+        below = [raw for p, raw in self.origins.items() if path and p[:len(path)] == path and path not in self.lines]
+        if below:
+            return f"override `{below[0]}`"
         for n in range(len(path), 0, -1):
+            if path[:n] in self.origins:
+                return f"override `{self.origins[path[:n]]}`"
             if path[:n] in self.lines:
                 return f"line {self.lines[path[:n]]}"
         return "default"
@@ -153,63 +159,12 @@ class _Problems:
         self.items.append(Problem(tuple(path), message, self.where(tuple(path))))
 
 
-def _describe_type(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if is_optional(tp):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_describe_type(a) for a in inner) + " or null"
-    if origin is list:
-        return f"a list of {_describe_type(typing.get_args(tp)[0])}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            dict: "a mapping"}.get(tp, str(tp))
-
-
-def _check_type(value: Any, tp: Any) -> Any:
-    """Return the value coerced to tp (int -> float), or raise TypeError."""
-    origin = typing.get_origin(tp)
-    if is_optional(tp):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _check_type(value, inner[0])
-    if origin is list:
-        if not isinstance(value, list):
-            raise TypeError
-        return [_check_type(v, typing.get_args(tp)[0]) for v in value]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (bool, str, dict) and isinstance(value, tp):
-        return value
-    raise TypeError
-
-
-def _check_value(value: Any, meta: dict) -> str | None:
-    """Problem text when the value is outside what the field allows."""
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        return f"got `{value}`; allowed: {', '.join(map(str, choices))}{did_you_mean(str(value), choices)}"
-    lo, hi = meta.get("min"), meta.get("max")
-    numbers = value if isinstance(value, list) else [value]
-    for v in numbers:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        if (lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo))) or (
-                hi is not None and v > hi):
-            return f"got {value}; expected a number {describe_range(meta)}"
-    item_min = meta.get("item_min")
-    if isinstance(value, list) and item_min is not None and any(v < item_min for v in value):
-        return f"got {value}; every item must be >= {item_min}"
-    return None
-
-
 def _build_nested(cls: type, shape: str, value: Any, path: tuple, problems: _Problems) -> Any:
     if shape == "optional" and value is None:
         return None
     if shape == "list":
         if not isinstance(value, list):
-            problems.add(path, f"expected a list of mappings, got `{value}`")
+            problems.add(path, f"expected a list of mappings, got `{shown(value)}`")
             return []
         return [_build_section(cls, v, path + (i,), problems) for i, v in enumerate(value)]
     return _build_section(cls, value, path, problems)
@@ -220,7 +175,7 @@ def _build_section(cls: type, data: Any, path: tuple, problems: _Problems) -> An
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.add(path, f"expected a mapping of keys, got `{data}`")
+        problems.add(path, f"expected a mapping of keys, got `{shown(data)}`")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
@@ -239,15 +194,9 @@ def _build_section(cls: type, data: Any, path: tuple, problems: _Problems) -> An
             values[f.name] = _build_nested(nested, shape, value, path + (key,), problems)
             continue
         try:
-            value = _check_type(value, tp)
-        except TypeError:
-            problems.add(path + (key,), f"got `{value}`; expected {_describe_type(tp)}")
-            continue
-        bad = _check_value(value, f.metadata) if value is not None else None
-        if bad:
-            problems.add(path + (key,), bad)
-            continue
-        values[f.name] = value
+            values[f.name] = check_field(value, tp, f.metadata)
+        except ValueProblem as exc:
+            problems.add(path + (key,), str(exc))
     if problems.items:
         try:
             return cls(**values)
@@ -272,7 +221,7 @@ def validate(data: dict, *, source: Source, lines: dict[tuple, int] | None = Non
     origins = {}
     for path, value, raw in parse_overrides(overrides):
         _apply_override(data, path, value)
-        origins[path] = raw
+        origins[path] = shown(raw, 100)  # as messages show it
     if "name" not in data and source.path is not None:
         data["name"] = source.path.stem
     elif "name" not in data:
@@ -294,8 +243,14 @@ def validate(data: dict, *, source: Source, lines: dict[tuple, int] | None = Non
 def _override_problem(base: dict, key: str, value: Any) -> str | None:
     """Why `key=value` would not validate as an override of the recipe `base`, or None (the
     search section's check of every range end and choice)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"got {value}; expected a finite number"
     try:
-        validate({**base, "search": {}}, source=Source("search space"), overrides=[override_text(key, value)])
+        text = override_text(key, value)
+    except (TypeError, ValueError):  # a date, bytes, ...: nothing a trial could pass on the command line
+        return f"`{shown(value)}` cannot be passed to a trial; use numbers, text, true/false or lists of them"
+    try:
+        validate({**base, "search": {}}, source=Source("search space"), overrides=[text])
     except RecipeError as exc:
         return "; ".join(p.message for p in exc.problems)
     return None
@@ -304,13 +259,20 @@ def _override_problem(base: dict, key: str, value: Any) -> str | None:
 def _absolute_data_path(recipe: Recipe, source: Source, *, from_override: bool) -> Recipe:
     """Make `data.path` absolute: relative to the recipe file's folder when written in the file,
     to the current folder when given on the command line or in a shipped recipe."""
-    path = recipe.data.path
-    if path is None or Path(path).expanduser().is_absolute():
-        return recipe if path is None else dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, path=str(Path(path).expanduser())))
-    base = source.path.parent if source.path is not None and not from_override else Path.cwd()
-    resolved = str((base / Path(path).expanduser()).resolve())
-    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=resolved))
+    if recipe.data.path is None:
+        return recipe
+    path = Path(recipe.data.path)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # `~someone` with no such user: keep the path as written
+        pass
+    if not path.is_absolute():
+        base = source.path.parent if source.path is not None and not from_override else Path.cwd()
+        try:
+            path = (base / path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: the data loader names the path
+            path = (base / path).absolute()
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(path)))
 
 
 def load(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -338,4 +300,4 @@ def from_dict(data: dict, *, label: str = "checkpoint") -> Recipe:
 
 def dump(recipe: Recipe) -> str:
     """YAML text of the fully resolved recipe."""
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None)
+    return yamltext.dump(to_dict(recipe))

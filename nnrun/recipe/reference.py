@@ -12,7 +12,8 @@ import sys
 import typing
 from pathlib import Path
 
-from nnrun.recipe.schema import Recipe, dataclass_of, describe_range, yaml_key
+from nnrun.recipe.fields import dataclass_of, describe_items, describe_range, yaml_key
+from nnrun.recipe.schema import Recipe
 
 BEGIN, END = "<!-- recipe-reference:begin -->", "<!-- recipe-reference:end -->"
 PAGE = Path("docs") / "recipe-reference.md"
@@ -28,9 +29,13 @@ def _default(f: dataclasses.Field) -> str:
 
 
 def _allowed(f: dataclasses.Field) -> str:
-    if f.metadata.get("choices"):
-        return ", ".join(f"`{c}`" for c in f.metadata["choices"])
-    return describe_range(f.metadata)
+    meta = f.metadata
+    if meta.get("choices"):
+        return ", ".join(f"`{c}`" for c in meta["choices"])
+    parts = [describe_range(meta), describe_items(meta)]
+    if meta.get("allow_inf"):
+        parts.append("`.inf`")
+    return "; ".join(p for p in parts if p)
 
 
 def _rows(cls: type, prefix: str) -> list[str]:

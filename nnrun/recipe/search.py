@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnrun.errors import Problem, RecipeError, did_you_mean
-from nnrun.recipe.schema import Recipe, is_optional
+from nnrun.recipe.fields import is_optional
+from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import METRICS, known_task, metric_info, metric_names, resolve_monitor
+from nnrun.recipe.values import shown
 
 KINDS = ("uniform", "log_uniform", "int", "int_log", "choice")
 SEARCH_KEYS = ("metric", "trials", "sampler", "pruner", "space", "stages")
@@ -31,6 +33,9 @@ SAMPLERS = ("random", "tpe")
 PRUNERS = ("median", "halving", "none")
 DEFAULT_TRIALS = 20
 DEFAULT_KEEP_TOP = 0.25
+MAX_TRIALS = 100_000   # per search or stage: far beyond any budget, small enough to count
+MAX_CHOICES = 1000     # each choice is validated as a whole recipe
+MAX_EPOCHS = 1_000_000  # as train.epochs
 
 OverrideCheck = Callable[[str, Any], "str | None"]
 """`check(key, value)`: why `key=value` would not validate as an override of the recipe, or None."""
@@ -142,7 +147,14 @@ def _is_int_type(tp: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float (an int is finite even where it is too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
+
+
+def _is_count(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +174,7 @@ def search_problems(search: dict, recipe: Recipe, *, check_override: OverrideChe
         The problems; empty when the section is valid.
     """
     if not isinstance(search, dict):
-        return [Problem(("search",), f"expected a mapping (metric, trials, space, stages, ...), got `{search}`")]
+        return [Problem(("search",), f"expected a mapping (metric, trials, space, stages, ...), got `{shown(search)}`")]
     out: list[Problem] = []
     for key in search:
         if key not in SEARCH_KEYS:
@@ -193,7 +205,7 @@ def _space_problems(space: Any, check_override: OverrideCheck) -> list[Problem]:
         for value in args:
             bad = check_override(key, value)
             if bad:
-                out.append(Problem(path, f"{kind} value {json.dumps(value)} is not a valid `{key}`: {bad}"))
+                out.append(Problem(path, f"{kind} value {shown(value)} is not a valid `{key}`: {bad}"))
                 break
     return out
 
@@ -207,11 +219,11 @@ def _dist_problem(key: str, dist: Any, tp: Any) -> tuple[tuple, str] | None:
     if kind not in KINDS:
         return (kind,), f"unknown distribution{did_you_mean(str(kind), KINDS)}; choose one of {', '.join(KINDS)}"
     if kind == "choice":
-        if not isinstance(args, list) or len(args) < 2:
-            return (kind,), "expected a list of at least two values"
+        if not isinstance(args, list) or not 2 <= len(args) <= MAX_CHOICES:
+            return (kind,), f"expected a list of 2 to {MAX_CHOICES} values"
         return None
     if not isinstance(args, list) or len(args) != 2 or not all(_is_number(v) for v in args):
-        return (kind,), f"expected [low, high], two numbers, got `{args}`"
+        return (kind,), f"expected [low, high], two finite numbers, got `{shown(args)}`"
     low, high = args
     if not low < high:
         return (kind,), f"low {low} must be below high {high}"
@@ -235,35 +247,37 @@ def _stage_problems(stages: Any) -> list[Problem]:
     for i, stage in enumerate(stages):
         path = ("search", "stages", i)
         if not isinstance(stage, dict):
-            out.append(Problem(path, f"expected a mapping with trials, epochs, keep_top; got `{stage}`"))
+            out.append(Problem(path, f"expected a mapping with trials, epochs, keep_top; got `{shown(stage)}`"))
             continue
         for key in stage:
             if key not in STAGE_KEYS:
                 out.append(Problem(path + (key,), f"unknown key{did_you_mean(str(key), STAGE_KEYS)}; "
                                            f"valid keys here: {', '.join(STAGE_KEYS)}"))
         trials = stage.get("trials")
-        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-            out.append(Problem(path + ("trials",), f"needs an integer >= 1, got `{trials}`"))
+        if not _is_count(trials, 1, MAX_TRIALS):
+            out.append(Problem(path + ("trials",), f"needs an integer between 1 and {MAX_TRIALS}, "
+                                                   f"got `{shown(trials)}`"))
         epochs = stage.get("epochs")
-        if epochs is not None and (not _is_number(epochs) or epochs <= 0):
-            out.append(Problem(path + ("epochs",), f"needs a number > 0, got `{epochs}`"))
+        if epochs is not None and (not _is_number(epochs) or not 0 < epochs <= MAX_EPOCHS):
+            out.append(Problem(path + ("epochs",), f"needs a finite number > 0 and <= {MAX_EPOCHS}, got "
+                                                   f"`{shown(epochs)}`"))
         keep = stage.get("keep_top")
         if keep is not None and i == 0:
             out.append(Problem(path + ("keep_top",), "the first stage has no previous stage to narrow around; "
                                                      "remove it"))
         elif keep is not None and (not _is_number(keep) or not 0 < keep <= 1):
-            out.append(Problem(path + ("keep_top",), f"needs a fraction in (0, 1], got `{keep}`"))
+            out.append(Problem(path + ("keep_top",), f"needs a fraction in (0, 1], got `{shown(keep)}`"))
     return out
 
 
 def _option_problems(search: dict, recipe) -> list[Problem]:
     out: list[Problem] = []
     trials = search.get("trials", DEFAULT_TRIALS)
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        out.append(Problem(("search", "trials"), f"needs an integer >= 1, got `{trials}`"))
+    if not _is_count(trials, 1, MAX_TRIALS):
+        out.append(Problem(("search", "trials"), f"needs an integer between 1 and {MAX_TRIALS}, got `{shown(trials)}`"))
     if search.get("sampler", "random") not in SAMPLERS:
         s = search.get("sampler")
-        out.append(Problem(("search", "sampler"), f"got `{s}`; allowed: {', '.join(SAMPLERS)}"
+        out.append(Problem(("search", "sampler"), f"got `{shown(s)}`; allowed: {', '.join(SAMPLERS)}"
                                                   f"{did_you_mean(str(s), SAMPLERS)}"))
     out += _pruner_problems(search.get("pruner", "none"))
     metric = search.get("metric")
@@ -271,7 +285,7 @@ def _option_problems(search: dict, recipe) -> list[Problem]:
         task = known_task(recipe)
         names = metric_names(task) if task else [m for m in METRICS if not m.startswith("test_")]
         if metric not in names:
-            out.append(Problem(("search", "metric"), f"`{metric}` is not a metric the runs report"
+            out.append(Problem(("search", "metric"), f"`{shown(metric)}` is not a metric the runs report"
                                               f"{did_you_mean(str(metric), names)}; choose one of {', '.join(names)}"))
     return out
 
@@ -282,17 +296,18 @@ def _pruner_problems(pruner: Any) -> list[Problem]:
         pruner = {"name": pruner}
     if not isinstance(pruner, dict):
         return [Problem(path, f"expected median, halving, none or {{name: median, startup_trials: 5, "
-                       f"warmup_epochs: 0}}; got `{pruner}`")]
+                       f"warmup_epochs: 0}}; got `{shown(pruner)}`")]
     out: list[Problem] = []
     for key, value in pruner.items():
         if key not in PRUNER_KEYS:
             out.append(Problem(path + (key,), f"unknown key{did_you_mean(str(key), PRUNER_KEYS)}; "
                                        f"valid keys here: {', '.join(PRUNER_KEYS)}"))
-        elif key != "name" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            out.append(Problem(path + (key,), f"needs an integer >= 0, got `{value}`"))
+        elif key != "name" and not _is_count(value, 0, MAX_TRIALS):
+            out.append(Problem(path + (key,), f"needs an integer between 0 and {MAX_TRIALS}, got `{shown(value)}`"))
     name = pruner.get("name", "none")
     if name not in PRUNERS:
-        out.append(Problem(path, f"got `{name}`; allowed: {', '.join(PRUNERS)}{did_you_mean(str(name), PRUNERS)}"))
+        out.append(Problem(path, f"got `{shown(name)}`; allowed: {', '.join(PRUNERS)}"
+                                 f"{did_you_mean(str(name), PRUNERS)}"))
     return out
 
 

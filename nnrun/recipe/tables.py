@@ -83,17 +83,20 @@ class SourceFacts:
         input_shape: (C, H, W) of its examples, or None when the files decide.
         path_kind: ``"folder"``, ``"file"`` or None when ``data.path`` is not used.
         doc: one line for listings.
+        train_examples: the training set's size (before `data.limit` and the validation carve) when
+            it is fixed, so checks that count optimizer steps can run before any data is read.
     """
 
     task: str | None
     input_shape: tuple[int, ...] | None
     path_kind: str | None
     doc: str
+    train_examples: int | None = None
 
 
 SOURCES: dict[str, SourceFacts] = {
     "digits": SourceFacts("classification", (1, 8, 8), None,
-                          "1,797 8x8 digits shipped with nnrun (fixed 20% test split)"),
+                          "1,797 8x8 digits shipped with nnrun (fixed 20% test split)", train_examples=1438),
     "mnist": SourceFacts("classification", (1, 28, 28), "folder", "MNIST IDX files (optionally .gz)"),
     "fashion-mnist": SourceFacts("classification", (1, 28, 28), "folder", "Fashion-MNIST IDX files"),
     "cifar10": SourceFacts("classification", (3, 32, 32), "folder", "CIFAR-10 python batches"),

@@ -50,6 +50,8 @@ def known_steps_per_epoch(recipe: Recipe) -> int | None:
     if d.val_fraction > 0:
         n -= max(1, round(d.val_fraction * n))
     batches = n // d.batch_size if d.drop_last else math.ceil(n / d.batch_size)
+    if recipe.model.norm == "batch" and not d.drop_last and batches > 1 and n % d.batch_size == 1:
+        return None  # the build may fold a last batch of one into the one before (BatchNorm): it counts
     return math.ceil(batches / recipe.clip.accumulate) if n > 0 and batches > 0 else None
 
 

@@ -80,7 +80,8 @@ class SharedBatches(Sharing):
     def train_module(self, model: nn.Module, frozen: frozenset[str], stepper) -> None:
         if self.ddp is None or frozen != self._frozen:
             self._frozen = frozen
-            self.ddp = distributed.wrap(model, self.device)
+            trains = any(p.requires_grad for p in model.parameters())  # DDP refuses a module with nothing to sync
+            self.ddp = distributed.wrap(model, self.device) if trains else None
             stepper.share(self.ddp, self.world.world_size)
 
     def global_sizes(self, batches, start: int, count: int) -> list[int]:

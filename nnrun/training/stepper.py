@@ -91,7 +91,8 @@ class Stepper:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
                 loss = self.loss_fn(self.model(x), y)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if loss.requires_grad:  # not when every parameter is frozen (e.g. before a gradual unfreeze)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss = loss.detach()
             return (loss if loss.dtype == torch.float32 else loss.float()), len(y)
         total = sum(len(y) for _, y in batches)
@@ -103,7 +104,8 @@ class Stepper:
             # Weighted by the micro-batch's share of the examples, the summed gradient equals the
             # gradient of one batch of all of them, also when the last micro-batch is smaller.
             weighted = loss * (len(y) / total)
-            (self.scaler.scale(weighted) if self.scaler else weighted).backward()
+            if weighted.requires_grad:
+                (self.scaler.scale(weighted) if self.scaler else weighted).backward()
             part = loss.detach().float() * len(y)
             loss_sum = part if loss_sum is None else loss_sum + part
         return loss_sum / total, total

@@ -328,7 +328,9 @@ def test_triangular2_after_thousands_of_cycles_does_not_overflow():
 @pytest.mark.parametrize("overrides", [[], ["data.limit=100"],
                                        ["data.val_fraction=0", "data.batch_size=7", "train.monitor=train_loss"],
                                        ["data.drop_last=true", "data.batch_size=50"], ["clip.accumulate=3"],
-                                       ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1"]])
+                                       ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1", "model.norm=none"],
+                                       ["data.val_fraction=0", "data.batch_size=2", "train.monitor=train_loss",
+                                        "model.norm=none"]])
 def test_steps_per_epoch_known_before_loading_match_the_build(overrides):
     import torch
 
@@ -338,6 +340,15 @@ def test_steps_per_epoch_known_before_loading_match_the_build(overrides):
     r = recipe_io.load("quickstart", ["train.epochs=1", *overrides])
     c = build(r, device=torch.device("cpu"))
     assert known_steps_per_epoch(r) == c.total_steps
+
+
+def test_steps_per_epoch_are_left_to_the_build_when_a_batch_of_one_may_be_folded():
+    from nnrun.recipe.checks import known_steps_per_epoch
+
+    # 1438 training examples without a validation split: 1438 = 3 * 479 + 1 (BatchNorm folds the last one)
+    r = recipe_io.load("quickstart", ["data.val_fraction=0", "data.batch_size=3", "train.monitor=train_loss",
+                                      "model.norm=batch"])
+    assert known_steps_per_epoch(r) is None
 
 
 @pytest.mark.parametrize("overrides", [["model.hidden=[8]"], ["model.hidden=[8, 8]", "model.norm=batch"],

@@ -328,7 +328,8 @@ def test_triangular2_after_thousands_of_cycles_does_not_overflow():
 @pytest.mark.parametrize("overrides", [[], ["data.limit=100"],
                                        ["data.val_fraction=0", "data.batch_size=7", "train.monitor=train_loss"],
                                        ["data.drop_last=true", "data.batch_size=50"], ["clip.accumulate=3"],
-                                       ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1", "model.norm=none"],
+                                       ["data.limit=3", "data.val_fraction=0.5", "data.batch_size=1",
+                                        "model.norm=none"],
                                        ["data.val_fraction=0", "data.batch_size=2", "train.monitor=train_loss",
                                         "model.norm=none"]])
 def test_steps_per_epoch_known_before_loading_match_the_build(overrides):

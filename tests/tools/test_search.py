@@ -186,13 +186,16 @@ def test_killed_worker_trial_is_marked_failed_and_resume_finishes(cli, tmp_path)
         """, epochs=3, limit=400)
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from nnrun.cli import main; main()", "search", str(path), "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = None
+    flag = tmp_path / "flag"  # the first trial parks at its 15th step (in epoch 2, after one report)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NNRUN_CRASH_AT": "step#15", "NNRUN_CRASH_FLAG": str(flag)})
     try:
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            victim = _running_trial(out)
-        assert victim is not None, "the worker never had a RUNNING trial"
+        deadline = time.monotonic() + 120
+        while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # polling for the flag file, not timing anything
+        assert flag.exists(), "the first trial never reached its 15th step"
+        victim = _running_trial(out)
+        assert victim is not None, "the worker had no RUNNING trial"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -211,6 +214,33 @@ def test_killed_worker_trial_is_marked_failed_and_resume_finishes(cli, tmp_path)
     assert not any(t.state.name == "RUNNING" for t in trials)
     assert len([p for p in trial_dirs(out) if "-val_acc=" in p.name]) == 3
     assert (out / f"trial-{victim:04d}-lost").is_dir()  # the killed run's folder, renamed
+
+
+def test_a_trial_killed_after_naming_its_folder_is_lost_not_complete(tmp_path, cli):
+    """Killed between renaming its folder for its result and telling the study: the trial did not
+    finish, so resume fails it, renames that folder `-lost` and retries it once."""
+    path = write(tmp_path, """\
+        space: {optimizer.lr: {log_uniform: [1e-3, 3e-2]}}
+        trials: 2
+        """, epochs=1, limit=200)
+    out, flag = tmp_path / "out", tmp_path / "flag"
+    cmd = [sys.executable, "-c", "from nnrun.cli import main; main()", "search", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NNRUN_CRASH_AT": "trial:after-rename", "NNRUN_CRASH_FLAG": str(flag)})
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # polling for the flag file, not timing anything
+        assert flag.exists(), "the first trial never finished training"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [p.name for p in trial_dirs(out)][0].startswith("trial-0000-val_acc=")  # named, not yet told
+    res = cli("search", path, "--out", out, "--resume")
+    assert res.exit_code == 0, res.stderr
+    names = [p.name for p in trial_dirs(out)]
+    assert "trial-0000-lost" in names and sum("-val_acc=" in n for n in names) == 2
 
 
 def _running_trial(out: Path) -> int | None:

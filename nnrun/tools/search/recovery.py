@@ -87,7 +87,9 @@ def record_lost(storage, trial, *, note: str, kind: str, stage_dir: Path) -> Non
     """Rename a RUNNING trial's folder `trial-NNNN-<kind>/` and record it and `note` in the
     trial (an Optuna Trial or FrozenTrial); the caller fails the trial."""
     folder = trial_folder(stage_dir, trial.number, trial.user_attrs.get("run_dir"))
-    if folder is not None and folder.name.endswith("-running"):
+    # `-running`, or already named for a result when the process died between renaming the folder
+    # and telling Optuna: either way the trial did not finish, and its folder says so now.
+    if folder is not None and not folder.name.endswith(("-lost", "-interrupted")):
         folder = rename_free(folder, f"trial-{trial.number:04d}-{kind}")
     if folder is not None:
         storage.set_trial_user_attr(trial._trial_id, "run_dir", str(folder))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nnrun.errors import NnrunError, OutputError, writing
+from nnrun.files import crash_point
 from nnrun.recipe import Source, validate
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.search import Param, SearchSpec, Stage, override_text
@@ -180,6 +181,7 @@ class Objective:
         value = result.best["value"] if result.best else float("nan")
         tag = "-pruned" if reporter.pruned_at is not None else ""
         final = rename_free(result.run_dir, f"trial-{trial.number:04d}{tag}-{metric}={value:.4f}")
+        crash_point("trial:after-rename")
         trial.set_user_attr("run_dir", str(final.resolve()))
         trial.set_user_attr("epochs", float(result.history[-1]["epoch"]) if result.history else 0.0)
         trial.set_user_attr("value", value if math.isfinite(value) else None)

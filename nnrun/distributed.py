@@ -208,6 +208,8 @@ def launch_local(nproc: int, args: list[str]) -> int:
 
 
 def worker_exit_code(failures: dict) -> int:
-    """The code of the first failed worker (by rank); a worker killed by signal S gives 128 + S."""
-    code = failures[min(failures)].exitcode
+    """The code of the worker that failed first (the root cause: torchrun then stops the others, which
+    then exit 143); a worker killed by signal S gives 128 + S."""
+    first = min(failures.items(), key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))[1]
+    code = first.exitcode
     return 128 + (-code) if code < 0 else code or 1

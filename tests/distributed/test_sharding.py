@@ -79,10 +79,11 @@ def test_rng_states_follow_the_rank_and_are_derived_for_new_ranks():
     assert restore_rngs({"rng": states[0], "step": 5}, World(), seed=0) == []  # format 1: one dict
 
 
-def test_a_worker_killed_by_a_signal_gives_128_plus_the_signal():
+def test_the_exit_code_is_the_first_failures_and_a_signal_gives_128_plus_it():
     class Failure:
-        def __init__(self, code):
-            self.exitcode = code
+        def __init__(self, code, timestamp):
+            self.exitcode, self.timestamp = code, timestamp
 
-    assert worker_exit_code({1: Failure(2), 0: Failure(-15)}) == 143
-    assert worker_exit_code({0: Failure(2)}) == 2
+    # rank 1 failed first (exit 2); torchrun then stopped rank 0 with SIGTERM
+    assert worker_exit_code({1: Failure(2, 100), 0: Failure(-15, 101)}) == 2
+    assert worker_exit_code({0: Failure(-15, 5)}) == 143

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -208,8 +209,15 @@ def launch_local(nproc: int, args: list[str]) -> int:
 
 
 def worker_exit_code(failures: dict) -> int:
-    """The code of the worker that failed first (the root cause: torchrun then stops the others, which
-    then exit 143); a worker killed by signal S gives 128 + S."""
-    first = min(failures.items(), key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))[1]
-    code = first.exitcode
-    return 128 + (-code) if code < 0 else code or 1
+    """The code of the worker that failed first (the root cause); a worker killed by signal S gives
+    128 + S. When one worker fails, torchrun stops the others with SIGTERM: they exit 143 (nnrun's
+    handler) or die of the signal, often within the same second as the root cause, whose timestamp
+    then ties with theirs. So a SIGTERM exit counts only when every failure is one (a user's
+    `kill`/`scancel` of the whole job)."""
+    def code(failure) -> int:
+        raw = failure.exitcode
+        return 128 + (-raw) if raw < 0 else raw or 1
+
+    causes = {rank: f for rank, f in failures.items() if code(f) != 128 + signal.SIGTERM} or failures
+    first = min(causes.items(), key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))[1]
+    return code(first)

@@ -87,3 +87,8 @@ def test_the_exit_code_is_the_first_failures_and_a_signal_gives_128_plus_it():
     # rank 1 failed first (exit 2); torchrun then stopped rank 0 with SIGTERM
     assert worker_exit_code({1: Failure(2, 100), 0: Failure(-15, 101)}) == 2
     assert worker_exit_code({0: Failure(-15, 5)}) == 143
+    # the same second (torchrun's timestamps are whole seconds), the victim handled SIGTERM (exit 143)
+    # and has the lower rank: the root cause still wins
+    assert worker_exit_code({0: Failure(143, 100), 1: Failure(2, 100)}) == 2
+    assert worker_exit_code({0: Failure(143, 100), 1: Failure(-15, 100)}) == 143  # all stopped by SIGTERM
+    assert worker_exit_code({1: Failure(130, 100), 0: Failure(130, 100)}) == 130  # Ctrl-C on the group

@@ -75,3 +75,21 @@ def train_tiny(tiny_recipe: Path, tmp_path: Path):
         return train_wf.run(r, run_dir=tmp_path / name, handle_signals=False, **kw)
 
     return train
+
+
+@pytest.fixture
+def one_step(monkeypatch):
+    """The train workflow stops every run after its first optimizer step (saving last.pt as usual)."""
+    from nnrun.training.callbacks import Callback
+    from nnrun.workflows import train as wf
+
+    class OneStep(Callback):
+        def on_step_end(self, trainer):
+            trainer.request_stop("one step (test)")
+
+    real = wf.run
+
+    def run(recipe, **kw):
+        return real(recipe, **{**kw, "callbacks": [*kw.get("callbacks", ()), OneStep()]})
+
+    monkeypatch.setattr(wf, "run", run)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import field
 from typing import Any
 
@@ -72,6 +73,19 @@ def dataclass_of(tp: Any) -> tuple[type | None, str]:
     if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
         return args[0], "list"
     return None, ""
+
+
+def leaves(cls: type, prefix: tuple = ()) -> Iterator[tuple[tuple, Any, dataclasses.Field]]:
+    """(key path, type, field) of every plain key under a section, nested sections walked; `[]`
+    in a path marks a list of sections (`optimizer.groups[]`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        nested, shape = dataclass_of(hints[f.name])
+        path = prefix + (yaml_key(f),)
+        if nested is None:
+            yield path, hints[f.name], f
+        else:
+            yield from leaves(nested, path + (("[]",) if shape == "list" else ()))
 
 
 def describe_range(meta: dict) -> str:

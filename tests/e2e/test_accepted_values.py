@@ -14,10 +14,9 @@ import dataclasses
 import functools
 import typing
 
-import pytest
-
 from nnrun import recipe as recipe_io
 from nnrun.errors import RecipeError
+from nnrun.recipe.fields import leaves
 from nnrun.recipe.schema import Recipe
 
 BASE = """\
@@ -70,15 +69,8 @@ HEAVY = {("model", "hidden"): 1024, ("model", "channels"): 1024, ("model", "head
          ("model", "width"): 64, ("model", "depth"): 56, ("ensemble", "seeds"): 2, ("train", "threads"): 2}
 
 
-def leaf_fields(cls=Recipe, prefix=()):
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key, tp = f.metadata.get("key", f.name), hints[f.name]
-        nested = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
-        if nested:
-            yield from leaf_fields(nested[0], prefix + (key,) + (("[]",) if typing.get_origin(tp) is list else ()))
-        else:
-            yield prefix + (key,), tp, f
+def leaf_fields():
+    return leaves(Recipe)
 
 
 def override(path: tuple, value: str) -> str:
@@ -153,23 +145,6 @@ def accepted_values() -> list[tuple[tuple, list[str], bool]]:
             accepted.append((path, overrides, not heavy(path, value)))
     return accepted
 
-
-@pytest.fixture
-def one_step(monkeypatch):
-    """The train workflow stops every run after its first optimizer step (saving last.pt as usual)."""
-    from nnrun.training.callbacks import Callback
-    from nnrun.workflows import train as wf
-
-    class OneStep(Callback):
-        def on_step_end(self, trainer):
-            trainer.request_stop("one step (test)")
-
-    real = wf.run
-
-    def run(recipe, **kw):
-        return real(recipe, **{**kw, "callbacks": [*kw.get("callbacks", ()), OneStep()]})
-
-    monkeypatch.setattr(wf, "run", run)
 
 
 def test_every_key_gets_accepted_and_trained_values():

@@ -333,19 +333,6 @@ TINY = "seed: 3\ndata: {source: digits, limit: 60, batch_size: 16}\nmodel: {hidd
        "train: {epochs: 1, threads: 1}\nlog: {progress: none, tensorboard: false}\n"
 
 
-@pytest.fixture
-def one_step(monkeypatch):
-    from nnrun.training.callbacks import Callback
-    from nnrun.workflows import train as wf
-
-    class OneStep(Callback):
-        def on_step_end(self, trainer):
-            trainer.request_stop("one step (test)")
-
-    real = wf.run
-    monkeypatch.setattr(wf, "run", lambda recipe, **kw: real(recipe, **{**kw, "callbacks": [
-        *kw.get("callbacks", ()), OneStep()]}))
-
 
 # Not drawn for training: files and factories (not there), `train.device` (cuda is refused by a machine
 # without one) and `model.freeze` (its globs are matched against the built model's parameter names).

@@ -3,7 +3,6 @@ one folder, overrides located at the override, and values checked for what the r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 
@@ -11,22 +10,15 @@ import pytest
 
 from nnrun import recipe as recipe_io
 from nnrun.errors import RecipeError
+from nnrun.recipe.fields import leaves
 from nnrun.recipe.schema import Recipe
 
 BOOL_WORDS = {"on", "off", "yes", "no", "true", "false"}
 
 
-def leaf_fields(cls=Recipe, prefix=()):
+def leaf_fields():
     """(key path, type, metadata) of every plain key; `[]` in a path marks a list of sections."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key, tp = f.metadata.get("key", f.name), hints[f.name]
-        nested = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
-        if nested:
-            listed = typing.get_origin(tp) is list
-            yield from leaf_fields(nested[0], prefix + (key,) + (("[]",) if listed else ()))
-        else:
-            yield prefix + (key,), tp, f.metadata
+    return [(path, tp, f.metadata) for path, tp, f in leaves(Recipe)]
 
 
 def override(path: tuple, value: str) -> str:

@@ -23,7 +23,7 @@ from nnrun.data import load_data, make_batches, normalize_split
 from nnrun.errors import DataError, NnrunError
 from nnrun.inference import check_fits, predict, score, with_data_path, write_predictions
 from nnrun.recipe.tables import metric_info, split_seed
-from nnrun.runtime import resolve_device
+from nnrun.runtime import cpu_settings, resolve_device, wants_flush
 from nnrun.tools.ensemble.members import Averager, check_compatible, discover, load_members, rank
 from nnrun.tools.ensemble.soups import SoupContext, export_checkpoint, greedy_soup, uniform_soup
 
@@ -107,10 +107,12 @@ def run(paths: Sequence[str | Path], *, mode: str = "mean", top_k: int | None = 
     check_compatible(members, mode=mode, split=split, data_path=data_path)
     dev = resolve_device(device)
     cache = SplitCache(split, data_path)
-    if mode == "weights":
-        result = _weights(members, by, cache, dev, greedy=greedy, export=export)
-    else:
-        result = _predictions(members, by, mode, cache, dev)
+    flush = wants_flush(members[0].recipe().train.flush_denormal, device=dev.type, precision="fp32")
+    with cpu_settings(flush_denormal=flush):
+        if mode == "weights":
+            result = _weights(members, by, cache, dev, greedy=greedy, export=export)
+        else:
+            result = _predictions(members, by, mode, cache, dev)
     if out is not None:
         result.out = _write(out, result, members[0].data)
     return result

@@ -25,7 +25,7 @@ from nnrun.inference import (
     with_data_path,
     write_predictions,
 )
-from nnrun.runtime import resolve_device
+from nnrun.runtime import cpu_settings, resolve_device, wants_flush
 
 
 @dataclass
@@ -46,6 +46,12 @@ def run(checkpoint_path: str | Path, *, split: str = "val", data_path: str | Non
     dev = resolve_device(device)
     recipe = stored_recipe(payload)
     recipe = with_data_path(recipe, data_path, "this checkpoint")
+    flush = wants_flush(recipe.train.flush_denormal, device=dev.type, precision="fp32")
+    with cpu_settings(threads=recipe.train.threads, flush_denormal=flush):
+        return _predict(payload, recipe, dev, split=split, out=out)
+
+
+def _predict(payload: dict, recipe, dev: torch.device, *, split: str, out) -> PredictResult:
     model = rebuild_model(payload, device=dev)
     bundle, _ = build_data(recipe, base_dir=None, normalizer=payload["normalization"], with_test=split == "test")
     part = bundle.require_test() if split == "test" else bundle.val

@@ -58,11 +58,13 @@ def run_guarded(fn: Callable, *, debug: bool):
     replaces that with a stop at the next step that saves first (see :mod:`nnrun.signals`)."""
     from rich.markup import escape
 
+    from nnrun.cli.tasks import task_reporter
     from nnrun.errors import NnrunError
+    from nnrun.progress import reporting
     from nnrun.signals import Stopped, abort_on_signals
 
     try:
-        with abort_on_signals():
+        with abort_on_signals(), reporting(task_reporter(err_console(), show=is_rank_zero())):
             return fn()
     except NnrunError as exc:
         if debug:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from nnrun.data.cache import cache_splits
 from nnrun.data.classes import check_class_count, empty_classes_note, single_class_error
 from nnrun.data.sources import get_source
 from nnrun.data.splits import DataBundle, SourceData, Split, StreamSplit, TensorSplit, describe_counts
@@ -165,6 +166,9 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
         if split is not None and split.example_shape() != input_shape:
             raise DataError(f"{name} examples have shape {split.example_shape()} but train examples "
                             f"{input_shape}", where=data.where, hint="every split needs the same input shape")
+    notes = [empty] if empty else []
+    notes += cache_splits(splits, mode=cfg.cache, max_mb=cfg.cache_max_mb, fixed_items=info.fixed_items)
+    data.train, data.val, data.test = splits["train"], splits["val"], splits["test"]
     note = None
     if data.test is None:
         note = "the test split was not requested (load_data(..., with_test=True))" if not with_test \
@@ -175,4 +179,4 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
                       input_shape=tuple(input_shape),
                       class_names=data.class_names if task == "classification" else None,
                       description=f"{data.name}: {counts}", source=cfg.source, test_note=note, where=data.where,
-                      notes=[empty] if empty else [], unfit=unfit)
+                      notes=notes, unfit=unfit)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset
 
+from nnrun.data.cache import CachedSplit
 from nnrun.data.splits import Split, StreamSplit, TensorSplit
 
 MODES = ("standardize", "minmax", "none")
@@ -31,14 +32,17 @@ def stat_shape(example_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _chunks(split: Split, max_examples: int) -> Iterator[torch.Tensor]:
     """Inputs in chunks: all of a TensorSplit; the first ``max_examples`` of a StreamSplit."""
-    if isinstance(split, TensorSplit):
+    if isinstance(split, TensorSplit) and not isinstance(split, CachedSplit):
         for i in range(0, split.num_examples, CHUNK):
             yield split.x[i:i + CHUNK]
         return
     n = min(split.num_examples, max_examples)
-    for i in range(0, n, 256):
-        yield torch.stack([torch.as_tensor(split.dataset[j][0], dtype=torch.float32)
-                           for j in range(i, min(i + 256, n))])
+    for i in range(0, n, 256):  # a cached stream: the same window and chunks, so the same statistics
+        if isinstance(split, CachedSplit):
+            yield split.x[i:min(i + 256, n)]
+        else:
+            yield torch.stack([torch.as_tensor(split.dataset[j][0], dtype=torch.float32)
+                               for j in range(i, min(i + 256, n))])
 
 
 def _moments(split: Split, max_examples: int, channels: int, per_channel: bool):

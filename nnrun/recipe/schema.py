@@ -62,6 +62,13 @@ class DataConfig:
     factory: str | None = opt(None, "python: `module:function` returning (train, val or None, test or None) "
                                        "datasets of (x, y) pairs or (x, y) tensor tuples.")
     num_workers: int = opt(0, "DataLoader worker processes for file-backed (streamed) sources.", min=0, max=256)
+    cache: str = opt("auto", "Streamed sources: decode every example once (in parallel) and batch by index like "
+                             "in-memory data, same numbers bit for bit. auto: image-folder splits that fit "
+                             "`cache_max_mb`; memory: any streamed source (a python dataset whose items are "
+                             "fixed: no random augmentation); none: read the files every epoch.",
+                     choices=("auto", "memory", "none"))
+    cache_max_mb: int = opt(4096, "data.cache auto: the most MiB the decoded float32 inputs of all cached splits "
+                                  "may take (else stream as with none).", min=1, max=MAX_COUNT)
 
 
 @dataclass(frozen=True)
@@ -311,6 +318,10 @@ class TrainConfig:
     max_rollbacks: int = opt(3, "rollback: give up (stop) after this many rollbacks.", min=1, max=1000)
     explosion_factor: float = opt(10.0, "Warn when a gradient norm exceeds this many times the recent median.",
                                   min=1.0, max=MAX_FLOAT)
+    flush_denormal: str = opt("auto", "Flush denormal floats (below 1.2e-38) to zero in CPU math: tiny decaying "
+                                      "values otherwise cost 10-100x per operation. auto: on for fp32/bf16 runs on the "
+                                      "CPU; set for the command and restored afterwards.",
+                              choices=("auto", "on", "off"))
     sync_bn: str = opt("auto", "Several processes: SyncBatchNorm (batch statistics over the global batch; CUDA "
                                "only). auto: on for CUDA with BatchNorm; off: each process normalizes its chunk.",
                        choices=("auto", "on", "off"))

@@ -85,6 +85,8 @@ class SourceFacts:
         doc: one line for listings.
         train_examples: the training set's size (before `data.limit` and the validation carve) when
             it is fixed, so checks that count optimizer steps can run before any data is read.
+        fixed_items: a streamed source whose examples are pure functions of its files (no random
+            augmentation), so `data.cache: auto` may decode them once and keep them in memory.
     """
 
     task: str | None
@@ -92,6 +94,7 @@ class SourceFacts:
     path_kind: str | None
     doc: str
     train_examples: int | None = None
+    fixed_items: bool = False
 
 
 SOURCES: dict[str, SourceFacts] = {
@@ -103,7 +106,8 @@ SOURCES: dict[str, SourceFacts] = {
     "csv": SourceFacts(None, None, "file", "a csv file with a header row"),
     "npz": SourceFacts(None, None, "file", "an npz file with x, y [, x_test, y_test]"),
     "image-folder": SourceFacts("classification", None, "folder",
-                                "train/[val/ test/] folders of class subfolders of .npy/.png/.jpg files"),
+                                "train/[val/ test/] folders of class subfolders of .npy/.png/.jpg files",
+                                fixed_items=True),
     "python": SourceFacts(None, None, None, "module:function returning (train, val, test)"),
 }
 

@@ -13,7 +13,7 @@ from nnrun.errors import DataError
 
 def test_image_folder_npy_layout(tmp_path, cfg, make_image_folder):
     root = make_image_folder(tmp_path / "img")
-    bundle = load_data(cfg(source="image-folder", path=str(root)), seed=0, with_test=True)
+    bundle = load_data(cfg(source="image-folder", path=str(root), cache="none"), seed=0, with_test=True)
     assert isinstance(bundle.train, StreamSplit) and bundle.class_names == ["cat", "dog"]
     assert bundle.input_shape == (3, 5, 6) and bundle.num_classes == 2
     assert bundle.val.num_examples == 6 and bundle.test.num_examples == 6  # its own val/ folder
@@ -35,7 +35,7 @@ def test_image_folder_shape_mismatch_and_png(tmp_path, cfg, make_image_folder):
         (flat / cls).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(np.full((4, 5), 50 * c + i, dtype=np.uint8)).save(flat / cls / f"{i}.png")
-    bundle = load_data(cfg(source="image-folder", path=str(flat), val_fraction=0.0), seed=0)
+    bundle = load_data(cfg(source="image-folder", path=str(flat), val_fraction=0.0, cache="none"), seed=0)
     assert bundle.input_shape == (1, 4, 5) and bundle.num_classes == 3
     assert float(bundle.train.dataset[5][0].max()) == 101.0
 
@@ -44,7 +44,7 @@ def test_streamed_bad_example_error_is_clean_even_from_a_worker(tmp_path, cfg, m
     root = make_image_folder(tmp_path / "img", splits=("train",))
     bad = root / "train" / "cat" / "1.npy"
     np.save(bad, np.full((5, 6, 3), np.nan, dtype=np.float32))
-    bundle = load_data(cfg(source="image-folder", path=str(root), val_fraction=0.0), seed=0)
+    bundle = load_data(cfg(source="image-folder", path=str(root), val_fraction=0.0, cache="none"), seed=0)
     with pytest.raises(DataError, match="NaN/Inf") as err:
         fit_normalizer(bundle.train, "standardize", None)
     assert err.value.where == str(bad)

@@ -24,6 +24,8 @@ COMMANDS = {
     "ensemble": ("ensemble", "Average checkpoints' predictions (or weights)."),
     "search": ("search", "Random / coarse-to-fine hyperparameter search with Optuna."),
     "schedule": ("schedule", "Draw a recipe's learning-rate and momentum schedule without training."),
+    "report": ("report", "Compare runs: table, curves, PNG and HTML report."),
+    "data": ("data", "Download the public datasets (MNIST, Fashion-MNIST, CIFAR-10) into the cache."),
 }
 
 

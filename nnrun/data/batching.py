@@ -178,10 +178,10 @@ class LoaderBatches:
         try:
             yield from self.loader
         except DataError as exc:
-            raise _unwrap_worker_error(exc) from exc
+            raise unwrap_worker_error(exc) from exc
 
 
-def _unwrap_worker_error(exc: DataError) -> DataError:
+def unwrap_worker_error(exc: DataError) -> DataError:
     """A DataError re-raised by a DataLoader worker carries the worker's traceback as its
     message; keep only the original error text (which names the file and the fix)."""
     text = exc.message

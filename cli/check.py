@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import err_console, out_console, recipe_argument, split_recipe_args
 
 
 @click.command("check", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="RECIPE [KEY=VALUE]...")
+@recipe_argument()
 def command(args):
     """Validate RECIPE and print it fully resolved (every default filled in).
 

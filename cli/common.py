@@ -81,6 +81,14 @@ def run_guarded(fn: Callable, *, debug: bool):
         sys.exit(exc.exit_code if isinstance(exc, Stopped) else 130)
 
 
+def recipe_argument(metavar: str = "RECIPE [KEY=VALUE]..."):
+    """The `RECIPE [KEY=VALUE]...` argument of the commands that load a recipe, with shell completion
+    of recipe names, files, keys and values (:mod:`nnrun.cli.completion`)."""
+    from nnrun.cli.completion import complete_recipe_args
+
+    return click.argument("args", nargs=-1, metavar=metavar, shell_complete=complete_recipe_args)
+
+
 def split_recipe_args(args: Sequence[str], *, required: bool = True) -> tuple[str | None, list[str]]:
     """`RECIPE key=value ...` -> (recipe, overrides); the recipe is the first arg without '='."""
     recipe, overrides = None, []

@@ -10,13 +10,13 @@ import math
 
 import click
 
-from nnrun.cli.common import device_option, err_console, out_console, print_notes, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, print_notes, recipe_argument, split_recipe_args
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 @click.command("lr-find", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="RECIPE [KEY=VALUE]...")
+@recipe_argument()
 @click.option("--start", type=float, default=1e-7, show_default=True, help="First learning rate.")
 @click.option("--end", type=float, default=10.0, show_default=True, help="Last learning rate.")
 @click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,

@@ -7,14 +7,14 @@ import sys
 
 import click
 
-from nnrun.cli.common import device_option, err_console, out_console, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, recipe_argument, split_recipe_args
 
 STYLES = {"PASS": "bold green", "WARN": "bold yellow", "FAIL": "bold red", "INFO": "cyan"}
 BARS = "▁▂▃▄▅▆▇█"
 
 
 @click.command("overfit-one-batch", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="RECIPE [KEY=VALUE]...")
+@recipe_argument()
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Examples in the fixed batch (default: the recipe's data.batch_size).")
 @click.option("--examples", type=click.IntRange(min=1),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import err_console, out_console, split_recipe_args
+from nnrun.cli.common import err_console, out_console, recipe_argument, split_recipe_args
 
 
 @click.command("schedule", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="RECIPE [KEY=VALUE]...")
+@recipe_argument()
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write a PNG plot (needs matplotlib).")
 def command(args, out):
     """Draw the learning rate of every group and the momentum over the whole run, without training.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from nnrun.cli.common import device_option, err_console, out_console, print_notes, split_recipe_args
+from nnrun.cli.common import device_option, err_console, out_console, print_notes, recipe_argument, split_recipe_args
 
 
 @click.command("search", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="[RECIPE] [KEY=VALUE]...")
+@recipe_argument("[RECIPE] [KEY=VALUE]...")
 @click.option("--space", type=click.Path(dir_okay=False),
               help="YAML file with the search section (replaces the recipe's).")
 @click.option("--trials", type=click.IntRange(min=1),

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnrun import progress
 from nnrun.components.losses import summed_loss
 from nnrun.components.metrics import Accumulator
 from nnrun.components.models import build_model
@@ -83,16 +84,21 @@ def check_fits(info: dict, bundle: DataBundle, label: str) -> None:
                         hint="predict on data like the training data")
 
 
-def predict(model: nn.Module, part: Split, *, batch_size: int,
-            device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(outputs float32 [N, k], targets [N]) of ``model`` on a split, batch by batch, on the CPU."""
+def predict(model: nn.Module, part: Split, *, batch_size: int, device: torch.device | str,
+            description: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs float32 [N, k], targets [N]) of ``model`` on a split, batch by batch, on the CPU.
+
+    Progress goes to :mod:`nnrun.progress` as one task of one step per batch, named
+    ``description`` (default `predicting N examples`)."""
     batches = make_batches(part, batch_size=batch_size, shuffle=False, seed=0, device=torch.device(device))
     outputs, targets = [], []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), progress.task(description or f"predicting {part.num_examples:,} examples",
+                                               len(batches)) as bar:
         for x, y in batches.epoch(0):
             outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
             targets.append(y.cpu())
+            bar.advance(1)
     return torch.cat(outputs), torch.cat(targets)
 
 

@@ -7,7 +7,12 @@ The reporter lives in a context variable (set per thread and task, never a proce
 work spread over threads advances its handle from the thread that opened it.
 
 A reporter is a callable ``reporter(description, total) -> handle`` whose handle has
-``advance(n)`` and ``close()``; a handle is used from one thread at a time.
+``advance(n)`` and ``close()``; a handle is used from one thread at a time. ``advance(0)`` is a
+tick: nothing more is done, but a display may redraw (elapsed time, ETA). Work that starts partly
+done (a resumed search) opens its task with ``done=``; the reporter is then called as
+``reporter(description, total, done=done)``, so a reporter written for tasks that start at zero
+keeps working everywhere else. Tasks may nest (a search's task, and inside it a trial's): a
+reporter shows every open one, in the order they were opened.
 """
 
 from __future__ import annotations
@@ -49,10 +54,14 @@ def reporting(reporter: Reporter | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def task(description: str, total: int) -> Iterator[Handle]:
-    """A unit of long work of ``total`` steps; the handle is closed however the block ends."""
+def task(description: str, total: int, *, done: int = 0) -> Iterator[Handle]:
+    """A unit of long work of ``total`` steps (``done`` of them done before it starts); the handle is
+    closed however the block ends."""
     reporter = _reporter.get()
-    handle = reporter(description, total) if reporter is not None else Silent()
+    if reporter is None:
+        handle: Handle = Silent()
+    else:
+        handle = reporter(description, total, done=done) if done else reporter(description, total)
     try:
         yield handle
     finally:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from nnrun import progress
 from nnrun.components.losses import build_loss
 from nnrun.data import load_data, make_batches, normalize_split
 from nnrun.errors import DataError, NnrunError
@@ -153,7 +154,9 @@ def _loss(member):
 def _member_outputs(member, cache, dev, split: str | None = None):
     part, _ = cache.get(member, split)
     model = member.build(dev)
-    outputs, targets = predict(model, part, batch_size=member.recipe().data.eval_batch_size, device=dev)
+    outputs, targets = predict(model, part, batch_size=member.recipe().data.eval_batch_size, device=dev,
+                               description=f"member {member.label}: {part.num_examples:,} {split or cache.split} "
+                                           "examples")
     del model
     return outputs, targets
 
@@ -169,12 +172,14 @@ def _predictions(members, by: str, mode: str, cache, dev) -> EnsembleResult:
     task, split = members[0].data["task"], cache.split
     loss_fn, averager = _loss(members[0]), Averager(task, mode)
     reports, ref = [], None
-    for m in members:
-        outputs, targets = _member_outputs(m, cache, dev)
-        ref = _same_targets(ref, targets, members[0], m, split)
-        averager.add(outputs)
-        metrics = score(outputs, targets, loss_fn, task=task, prefix=f"{split}_")
-        reports.append(MemberResult(m.label, m.path, m.weights, m.stored, metrics))
+    with progress.task(f"ensemble: predicting with {len(members)} members", len(members)) as bar:
+        for m in members:
+            outputs, targets = _member_outputs(m, cache, dev)
+            ref = _same_targets(ref, targets, members[0], m, split)
+            averager.add(outputs)
+            metrics = score(outputs, targets, loss_fn, task=task, prefix=f"{split}_")
+            reports.append(MemberResult(m.label, m.path, m.weights, m.stored, metrics))
+            bar.advance(1)
     outputs, predictions = averager.result()
     metrics = score(outputs, ref, loss_fn, task=task, prefix=f"{split}_", predictions=predictions)
     return _summarize(mode, split, by, reports, metrics, outputs, ref, predictions, task)
@@ -219,13 +224,15 @@ def _weights(members, by: str, cache, dev, *, greedy: bool, export) -> EnsembleR
     ctx = _soup_context(members, by, cache, dev)
     split, task = cache.split, ctx.task
     reports, ref = [], None
-    for m in members:
-        outputs, targets = _member_outputs(m, cache, dev, "val")
-        ref = _same_targets(ref, targets, members[0], m, "val")
-        val = score(outputs, targets, ctx.loss_fn, task=task, prefix="val_")
-        metrics = val if split == "val" else score(*_member_outputs(m, cache, dev), ctx.loss_fn, task=task,
-                                                   prefix=f"{split}_")
-        reports.append(MemberResult(m.label, m.path, m.weights, m.stored, metrics, val_metrics=val))
+    with progress.task(f"ensemble: evaluating {len(members)} members", len(members)) as bar:
+        for m in members:
+            outputs, targets = _member_outputs(m, cache, dev, "val")
+            ref = _same_targets(ref, targets, members[0], m, "val")
+            val = score(outputs, targets, ctx.loss_fn, task=task, prefix="val_")
+            metrics = val if split == "val" else score(*_member_outputs(m, cache, dev), ctx.loss_fn, task=task,
+                                                       prefix=f"{split}_")
+            reports.append(MemberResult(m.label, m.path, m.weights, m.stored, metrics, val_metrics=val))
+            bar.advance(1)
     sign = 1.0 if ctx.mode == "max" else -1.0
     order = sorted(range(len(members)), key=lambda i: (-sign * reports[i].val_metrics[ctx.metric], i))
     states = [members[i].state_dict for i in order]
@@ -240,7 +247,8 @@ def _weights(members, by: str, cache, dev, *, greedy: bool, export) -> EnsembleR
         r.in_soup = r.label in used
     ctx.model.load_state_dict(soup.state_dict)
     part = ctx.val if split == "val" else cache.get(members[0], split)[0]
-    outputs, targets = predict(ctx.model, part, batch_size=ctx.batch_size, device=dev)
+    outputs, targets = predict(ctx.model, part, batch_size=ctx.batch_size, device=dev,
+                               description=f"weight average: {part.num_examples:,} {split} examples")
     metrics = score(outputs, targets, ctx.loss_fn, task=task, prefix=f"{split}_")
     info = WeightsResult(greedy, ctx.metric, soup.bn, soup.averaged_bn, soup.recomputed_bn,
                          [label for label in labels if label in used], steps)

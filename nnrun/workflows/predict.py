@@ -58,7 +58,8 @@ def _predict(payload: dict, recipe, dev: torch.device, *, split: str, out) -> Pr
     if part is None:
         raise NnrunError(f"the recipe has no {split} split (data.val_fraction is 0)", hint="use --split test")
     check_fits(payload["data"], bundle, f"checkpoint {payload['path']}")
-    outputs, targets = predict(model, part, batch_size=recipe.data.eval_batch_size, device=dev)
+    outputs, targets = predict(model, part, batch_size=recipe.data.eval_batch_size, device=dev,
+                               description=f"predicting {part.num_examples:,} {split} examples")
     metrics = score(outputs, targets, build_loss(recipe.train, task=bundle.task), task=bundle.task, prefix=f"{split}_")
     out_path = write_predictions(out, outputs, targets, task=bundle.task,
                                  class_names=payload["data"].get("class_names")) if out else None

@@ -30,6 +30,7 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from nnrun import progress
 from nnrun import recipe as recipe_io
 from nnrun.errors import CheckpointError, DataError, NnrunError, OutputError, RecipeError
 from nnrun.recipe.schema import Recipe
@@ -136,17 +137,33 @@ def run(recipe: Recipe, spec: SearchSpec, *, out: Path | None = None, storage: s
     offset = 0 if created else random.SystemRandom().randrange(1, 2**31)
     ids: list[str] = []  # `host:pid` of every process that runs trials for this call
     try:
-        if workers == 1:
-            failures = _run_here(plan, offset, monitor, ids)
-        else:
-            failures = _run_processes(plan, workers, monitor, offset, ids=ids)
+        with _progress(plan, monitor):
+            if workers == 1:
+                failures = _run_here(plan, offset, monitor, ids)
+            else:
+                failures = _run_processes(plan, workers, monitor, offset, ids=ids)
+            monitor.poll()
     except (KeyboardInterrupt, Stopped) as exc:
         raise _interrupted(exc, storage_obj, plan, ids) from None
     except NnrunError:
         _interrupt_running(storage_obj, plan, ids)
         raise
-    monitor.poll()
     return collect(storage_obj, plan, seconds=time.perf_counter() - start, failures=failures)
+
+
+@contextlib.contextmanager
+def _progress(plan: WorkerPlan, monitor: Monitor) -> Iterator[None]:
+    """The search as one :mod:`nnrun.progress` task: trials done (by every process of the study) out
+    of the budget of every stage; a resumed or joined search starts at the trials already done."""
+    total = sum(stage.trials for stage in plan.spec.stages)
+    monitor.done = min(monitor.count_done(), total)
+    stages = f" in {len(plan.spec.stages)} stages" if len(plan.spec.stages) > 1 else ""
+    with progress.task(f"search: {total} trials{stages}", total, done=monitor.done) as bar:
+        monitor.bar = bar
+        try:
+            yield
+        finally:
+            monitor.bar = None
 
 
 def _plan(recipe: Recipe, spec: SearchSpec, *, out: Path | None, storage: str | None, study: str | None,

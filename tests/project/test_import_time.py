@@ -1,6 +1,7 @@
-"""`nnrun check` and `nnrun recipes` answer without importing torch (the layer table's promise; torch takes
-seconds to import). Each runs in a fresh interpreter under `python -X importtime`, which logs every module
-imported, at start-up or later inside a function. `.ci/run` checks `nnrun --help` the same way on the wheel."""
+"""`nnrun check` and `nnrun recipes` (listing, printing and copying a recipe) answer without importing torch
+(the layer table's promise; torch takes seconds to import). Each runs in a fresh interpreter under
+`python -X importtime`, which logs every module imported, at start-up or later inside a function. `.ci/run`
+checks `nnrun --help` the same way on the wheel."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def imported_modules(argv: list[str], cwd) -> list[str]:
             if line.startswith("import time:") and line.count("|") == 2]
 
 
-@pytest.mark.parametrize("argv", [["check", "quickstart"], ["recipes"]], ids=["check", "recipes"])
+@pytest.mark.parametrize("argv", [["check", "quickstart"], ["recipes"], ["recipes", "quickstart"],
+                                  ["recipes", "quickstart", "--copy", "my.yaml"]],
+                         ids=["check", "recipes", "recipes-name", "recipes-copy"])
 def test_command_imports_no_torch(argv, tmp_path):
     modules = imported_modules(argv, cwd=tmp_path)
     assert "nnrun.cli" in modules and "yaml" in modules  # the log was read: the command's own imports are in it

@@ -18,7 +18,7 @@ from typing import Any
 from nnrun.recipe.search import SearchSpec
 from nnrun.tools.search import study as studies
 from nnrun.tools.search.edges import edge_warnings
-from nnrun.tools.search.recovery import trial_folder
+from nnrun.tools.search.recovery import retried_numbers, trial_folder
 from nnrun.tools.search.sampling import decode_choice
 from nnrun.tools.search.worker import WorkerPlan
 
@@ -97,21 +97,38 @@ def trial_row(k: int, t, spec: SearchSpec, stage_dir: Path) -> TrialRow:
 
 
 class Monitor:
-    """Turns what the storage holds into event lines, once each (works for any number of workers)."""
+    """Turns what the storage holds into event lines, once each (works for any number of workers),
+    and counts the trials done for a progress handle (:mod:`nnrun.progress`) when given one."""
 
     def __init__(self, storage, plan: WorkerPlan, emit: Event):
         self.storage, self.plan, self.emit = storage, plan, emit
         self.seen: set[tuple[int, int]] = set()
         self.narrowed: set[int] = set()
+        self.bar = None   # a progress handle advanced by the trials done, once set
+        self.done = 0
 
-    def poll(self) -> None:
+    def studies(self):
+        """(stage index, study) of every stage whose study exists yet, in order."""
         import optuna
 
         for k in range(len(self.plan.spec.stages)):
             name = self.plan.study_name(k)
             if not studies.study_exists(self.storage, name):
                 return
-            study = optuna.load_study(study_name=name, storage=self.storage)
+            yield k, optuna.load_study(study_name=name, storage=self.storage)
+
+    def count_done(self) -> int:
+        """Trials finished that take a place in the budget, at most each stage's budget, all stages."""
+        done = 0
+        for k, study in self.studies():
+            trials = study.get_trials(deepcopy=False)
+            retried = retried_numbers(trials)
+            finished = sum(1 for t in trials if t.state.is_finished() and studies.counts_toward_budget(t, retried))
+            done += min(finished, self.plan.spec.stages[k].trials)
+        return done
+
+    def poll(self) -> None:
+        for k, study in self.studies():
             if k not in self.narrowed and "narrowed" in study.user_attrs:
                 self.narrowed.add(k)
                 self.emit(f"stage {k + 1}: narrowed " + "; ".join(study.user_attrs["narrowed"]))
@@ -119,6 +136,10 @@ class Monitor:
                 if t.state.is_finished() and (k, t.number) not in self.seen and not t.user_attrs.get("surplus"):
                     self.seen.add((k, t.number))
                     self.emit(self._line(k, t))
+        if self.bar is not None:
+            done = self.count_done()
+            self.bar.advance(max(done - self.done, 0))  # 0: a tick, so a display can redraw its ETA
+            self.done = max(done, self.done)
 
     def _line(self, k: int, t) -> str:
         label = f"stage {k + 1} " if len(self.plan.spec.stages) > 1 else ""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnrun import progress
 from nnrun.errors import NnrunError, OutputError, writing
 from nnrun.files import crash_point
 from nnrun.recipe import Source, validate
@@ -82,6 +83,27 @@ class _Reporter(Callback):
         if not finished and self.trial.should_prune():
             self.pruned_at = record["epoch"]
             trainer.request_stop(f"pruned by the search at epoch {record['epoch']:g}")
+
+
+class _TrialProgress(Callback):
+    """A trial's optimizer steps as a :mod:`nnrun.progress` task (shown when the trial runs in the
+    process that reports progress: `--workers 1`; a spawned worker has no reporter)."""
+
+    def __init__(self, description: str):
+        self.description, self.stack, self.handle, self.step = description, contextlib.ExitStack(), None, 0
+
+    def on_fit_start(self, trainer) -> None:
+        self.step = trainer.state.step
+        total = trainer.settings.total_steps
+        self.handle = self.stack.enter_context(progress.task(self.description, total, done=min(self.step, total)))
+
+    def on_step_end(self, trainer) -> None:
+        if self.handle is not None and trainer.state.step > self.step:
+            self.handle.advance(trainer.state.step - self.step)
+            self.step = trainer.state.step
+
+    def close(self) -> None:
+        self.stack.close()
 
 
 def trial_overrides(plan: WorkerPlan, values: dict[str, Any], stage: Stage) -> list[str]:
@@ -166,8 +188,16 @@ class Objective:
         recipe = validate(dict(self.plan.recipe, search={}), source=Source(f"trial {trial.number}"),
                           overrides=trial_overrides(self.plan, values, self.stage))
         reporter = _Reporter(trial, self.plan.spec.metric)
-        result = train_trial(recipe, run_dir=run_dir, callbacks=[reporter], device=self.plan.device, stop=self.stop)
+        shown = _TrialProgress(f"trial {trial.number}{self._stage_label()}: optimizer steps")
+        try:
+            result = train_trial(recipe, run_dir=run_dir, callbacks=[reporter, shown], device=self.plan.device,
+                                 stop=self.stop)
+        finally:
+            shown.close()
         return result, reporter
+
+    def _stage_label(self) -> str:
+        return f" (stage {self.k + 1})" if len(self.plan.spec.stages) > 1 else ""
 
     def _lost(self, trial, note: str, kind: str) -> None:
         with contextlib.suppress(Exception):  # recorded as well as the storage allows; the trial fails anyway

@@ -17,7 +17,7 @@ from nnrun._version import __version__
 COMMANDS = {
     "train": ("train", "Train a recipe: checkpoints, TensorBoard, exact resume."),
     "check": ("check", "Validate a recipe and print it with every default filled in."),
-    "recipes": ("recipes", "List the recipes that ship with nnrun."),
+    "recipes": ("recipes", "List, print or copy (--copy) the recipes that ship with nnrun."),
     "predict": ("predict", "Write predictions of a checkpoint and print its metrics."),
     "lr-find": ("lr_find", "Learning-rate range test with a suggestion and a plot."),
     "overfit-one-batch": ("overfit", "Debugging checklist: can the model memorize one batch?"),

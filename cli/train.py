@@ -7,11 +7,19 @@ from pathlib import Path
 
 import click
 
-from nnrun.cli.common import device_option, err_console, is_rank_zero, is_worker, out_console, split_recipe_args
+from nnrun.cli.common import (
+    device_option,
+    err_console,
+    is_rank_zero,
+    is_worker,
+    out_console,
+    recipe_argument,
+    split_recipe_args,
+)
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, metavar="[RECIPE] [KEY=VALUE]...")
+@recipe_argument("[RECIPE] [KEY=VALUE]...")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default runs/<name>/<timestamp>/).")
 @click.option("--resume", "resume", type=click.Path(),
               help="Checkpoint or run folder to continue exactly; `auto` (with --run-dir): continue the run "
@@ -19,8 +27,10 @@ from nnrun.cli.common import device_option, err_console, is_rank_zero, is_worker
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train data-parallel in N processes on this machine (torchrun in-process; for several "
                    "machines call torchrun -m nnrun train ...).")
+@click.option("--no-download", is_flag=True,
+              help="Never download a public dataset (mnist, fashion-mnist, cifar10): data.download=false.")
 @device_option()
-def command(args, run_dir, resume, nproc, device):
+def command(args, run_dir, resume, nproc, device, no_download):
     """Train RECIPE (a .yaml file or a shipped recipe name) with dotted overrides.
 
     \b
@@ -30,6 +40,7 @@ def command(args, run_dir, resume, nproc, device):
     nnrun train quickstart --nproc 2
     torchrun --nproc-per-node=4 -m nnrun train my.yaml --run-dir runs/job --resume auto
     """
+    args = (*args, "data.download=false") if no_download else args
     recipe = _recipe(args, run_dir, resume)
     if nproc > 1 and not is_worker():
         argv = [*args] + [f"--{k}={v}" for k, v in (("run-dir", run_dir), ("resume", resume), ("device", device)) if v]

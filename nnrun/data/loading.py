@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 
 from nnrun.data.cache import cache_splits
 from nnrun.data.classes import check_class_count, empty_classes_note, single_class_error
+from nnrun.data.datasets import DATASETS
+from nnrun.data.download import is_conventional, public_folder
 from nnrun.data.sources import get_source
 from nnrun.data.splits import DataBundle, SourceData, Split, StreamSplit, TensorSplit, describe_counts
 from nnrun.errors import DataError
@@ -25,8 +27,7 @@ def resolve_path(raw: str | None, kind: str, source: str, base_dir: Path | None)
     if not raw:
         raise DataError(f"data.path is required for source `{source}` (a {kind})",
                         hint=f"set data.path to the {kind} holding the data")
-    path = Path(os.path.expanduser(raw))
-    candidates = [path] if path.is_absolute() else [c / path for c in (base_dir, Path.cwd()) if c is not None]
+    candidates = _candidates(raw, base_dir)
     for cand in candidates:
         if (cand.is_dir() if kind == "folder" else cand.is_file()):
             return cand.resolve()
@@ -35,9 +36,29 @@ def resolve_path(raw: str | None, kind: str, source: str, base_dir: Path | None)
         raise DataError(f"is not a {kind} (source `{source}` needs a {kind})", where=str(wrong),
                         hint=f"point data.path at a {kind}")
     tried = " or ".join(str(c) for c in candidates)
+    fetch = f", or fetch it there with `nnrun data get {source} --to {raw}`" if source in DATASETS else ""
     raise DataError(f"data {kind} not found: {raw} (looked for {tried})", where=str(raw),
                     hint="relative paths are resolved against the recipe's folder, then the current "
-                         "directory; fix data.path or download the data there")
+                         f"directory; fix data.path or download the data there{fetch}")
+
+
+def _candidates(raw: str, base_dir: Path | None) -> list[Path]:
+    path = Path(os.path.expanduser(raw))
+    return [path] if path.is_absolute() else [c / path for c in (base_dir, Path.cwd()) if c is not None]
+
+
+def data_location(cfg, path_kind: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """Where the source reads from, and notes: ``data.path``; for a public set (`mnist`,
+    `fashion-mnist`, `cifar10`) with no ``data.path``, or with the shipped recipes' ``data/<set>``
+    that does not exist, the download cache (filled first unless ``data.download`` is false)."""
+    if not path_kind:
+        return None, []
+    if cfg.source in DATASETS:
+        if not cfg.path:
+            return public_folder(cfg.source, download=cfg.download)
+        if is_conventional(cfg.path) and not any(c.exists() for c in _candidates(cfg.path, base_dir)):
+            return public_folder(cfg.source, download=cfg.download, missing=cfg.path)
+    return resolve_path(cfg.path, path_kind, cfg.source, base_dir), []
 
 
 class _CastTargets(Dataset):
@@ -138,10 +159,12 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
         The DataBundle. Inputs are raw (normalize with :mod:`nnrun.data.normalize`).
 
     Raises:
-        DataError: missing/corrupt files, bad shapes, labels out of range, NaN/Inf inputs.
+        DataError: missing/corrupt files, bad shapes, labels out of range, NaN/Inf inputs; a public
+            set that cannot be downloaded (see :mod:`nnrun.data.download`).
+        OutputError: the download cache cannot be written.
     """
     info, loader = get_source(cfg.source)
-    path = resolve_path(cfg.path, info.path_kind, cfg.source, base_dir) if info.path_kind else None
+    path, located = data_location(cfg, info.path_kind, base_dir)
     data = loader(cfg, path, with_test)
     limited = cfg.limit is not None and cfg.limit < data.train.num_examples
     if limited:
@@ -166,7 +189,7 @@ def load_data(cfg, *, seed: int, base_dir: Path | None = None, with_test: bool =
         if split is not None and split.example_shape() != input_shape:
             raise DataError(f"{name} examples have shape {split.example_shape()} but train examples "
                             f"{input_shape}", where=data.where, hint="every split needs the same input shape")
-    notes = [empty] if empty else []
+    notes = located + ([empty] if empty else [])
     notes += cache_splits(splits, mode=cfg.cache, max_mb=cfg.cache_max_mb, fixed_items=info.fixed_items)
     data.train, data.val, data.test = splits["train"], splits["val"], splits["test"]
     note = None

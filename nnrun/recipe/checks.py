@@ -59,9 +59,11 @@ def data_problems(recipe: Recipe) -> list[Problem]:
     d = recipe.data
     out = []
     kind = SOURCES[d.source].path_kind
-    if kind and not d.path:
+    if kind and not d.path and not (SOURCES[d.source].public and d.download):  # a public set: the download cache
+        hint = " (or leave it out with data.download: true to use the download cache)" if SOURCES[d.source].public \
+            else ""
         out.append(Problem(("data", "path"), f"source `{d.source}` reads files: set data.path to the {kind} "
-                                             "that holds them"))
+                                             f"that holds them{hint}"))
     if d.source == "python" and not d.factory:
         out.append(Problem(("data", "factory"), "source `python` needs data.factory: `module:function`"))
     if d.feature_columns is not None and d.source != "csv":

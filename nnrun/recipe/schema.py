@@ -38,6 +38,9 @@ class DataConfig:
                       choices=DATA_SOURCES)
     path: str | None = opt(None, "File or folder for file-based sources (relative paths are "
                                     "resolved against the recipe's folder).")
+    download: bool = opt(True, "mnist, fashion-mnist, cifar10 without data.path (or with the shipped `data/<set>` "
+                               "that does not exist): download the set into the cache, SHA-256 verified, when "
+                               "it is not there yet; false: never download (offline machines).")
     batch_size: int = opt(64, "Mini-batch size for training.", min=1, max=MAX_COUNT)
     eval_batch_size: int = opt(512, "Batch size for evaluation and prediction (no gradients, so larger).",
                                min=1, max=MAX_COUNT)

@@ -87,6 +87,8 @@ class SourceFacts:
             it is fixed, so checks that count optimizer steps can run before any data is read.
         fixed_items: a streamed source whose examples are pure functions of its files (no random
             augmentation), so `data.cache: auto` may decode them once and keep them in memory.
+        public: a public set nnrun can download (:mod:`nnrun.data.datasets` holds its files and
+            checksums): without `data.path` it is read from the download cache.
     """
 
     task: str | None
@@ -95,14 +97,16 @@ class SourceFacts:
     doc: str
     train_examples: int | None = None
     fixed_items: bool = False
+    public: bool = False
 
 
 SOURCES: dict[str, SourceFacts] = {
     "digits": SourceFacts("classification", (1, 8, 8), None,
                           "1,797 8x8 digits shipped with nnrun (fixed 20% test split)", train_examples=1438),
-    "mnist": SourceFacts("classification", (1, 28, 28), "folder", "MNIST IDX files (optionally .gz)"),
-    "fashion-mnist": SourceFacts("classification", (1, 28, 28), "folder", "Fashion-MNIST IDX files"),
-    "cifar10": SourceFacts("classification", (3, 32, 32), "folder", "CIFAR-10 python batches"),
+    "mnist": SourceFacts("classification", (1, 28, 28), "folder", "MNIST IDX files (optionally .gz)",
+                         public=True),
+    "fashion-mnist": SourceFacts("classification", (1, 28, 28), "folder", "Fashion-MNIST IDX files", public=True),
+    "cifar10": SourceFacts("classification", (3, 32, 32), "folder", "CIFAR-10 python batches", public=True),
     "csv": SourceFacts(None, None, "file", "a csv file with a header row"),
     "npz": SourceFacts(None, None, "file", "an npz file with x, y [, x_test, y_test]"),
     "image-folder": SourceFacts("classification", None, "folder",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # tests/project/<file> -> the repository root
-LAZY_OK = ("optuna", "matplotlib", "torch.utils.tensorboard", "PIL")
+LAZY_OK = ("optuna", "matplotlib", "torch.utils.tensorboard", "PIL", "pooch", "requests")
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,12 @@ def test_zero_init_is_refused_with_the_reason(write_recipe):
     assert "init.weights" in p and "symmetr" in p.lower()
 
 
-def test_file_sources_need_a_path(write_recipe):
-    (p,) = problems_of(write_recipe("data:\n  source: mnist\n"))
+def test_file_sources_need_a_path_but_public_sets_have_the_download_cache(write_recipe):
+    (p,) = problems_of(write_recipe("data:\n  source: csv\n"))
     assert "`data.path`" in p
+    assert recipe_io.load(write_recipe("data:\n  source: mnist\n")).data.path is None
+    (p,) = problems_of(write_recipe("data:\n  source: mnist\n  download: off\n"))
+    assert "`data.path`" in p and "download cache" in p
 
 
 def test_relative_data_path_resolves_against_the_recipe_folder(write_recipe, tmp_path):

@@ -98,6 +98,10 @@ class TaskReporter:
         self.open.append(task)
         return task
 
+    def notice(self, text: str) -> None:
+        """:func:`nnrun.progress.notice`: printed at once (above the bar when one is shown)."""
+        self._print(text)
+
     # -- plain lines ------------------------------------------------------------------------
 
     def _print(self, text: str) -> None:

@@ -66,3 +66,11 @@ def task(description: str, total: int, *, done: int = 0) -> Iterator[Handle]:
         yield handle
     finally:
         handle.close()
+
+
+def notice(text: str) -> None:
+    """One line a person should read now, before long work starts (what is downloaded, how big, from
+    where): handed to the reporter's ``notice`` when it has one, dropped otherwise."""
+    say = getattr(_reporter.get(), "notice", None)
+    if say is not None:
+        say(text)

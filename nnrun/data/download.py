@@ -14,8 +14,9 @@ once more on the same mirror first. When every mirror fails the caller gets one
 - ``$NNRUN_DATA_MIRROR``: space-separated base URLs tried before the built-in mirrors, laid out like
   the cache (``<base>/mnist/train-images-idx3-ubyte.gz``), so serving a copy of a cache folder over
   HTTP makes a mirror;
-- the library prints nothing: each download is a :func:`nnrun.progress.task` whose description says
-  what is fetched, how big and from where, and :func:`public_folder` returns notes for the caller.
+- the library prints nothing: before downloading it sends one :func:`nnrun.progress.notice` (what,
+  how big, from where, into which folder), each file is a :func:`nnrun.progress.task`, and
+  :func:`public_folder` returns notes for the caller.
 
 pooch (and requests, which it uses) are imported when a download runs, not by every data load.
 """
@@ -121,6 +122,11 @@ def ensure(name: str, folder: Path | str | None = None, *, mirrors: Sequence[str
     with writing(f"the data folder {folder}", hint=f"choose a writable folder (--to, or {CACHE_ENV} for the cache)"):
         folder.mkdir(parents=True, exist_ok=True)
     bases = list(mirrors) if mirrors is not None else mirror_list(public)
+    missing = [e for e in public.files if not (folder / e.name).is_file()]
+    if missing:
+        size = human_size(sum(e.size for e in missing))
+        progress.notice(f"downloading {public.name}: {len(missing)} file(s), {size}, from {bases[0] if bases else '-'} "
+                        f"(then {len(bases) - 1} other mirror(s) if needed) into {folder}, SHA-256 verified")
     for entry in public.files:
         url = _fetch_file(public, entry, folder, bases, timeout)
         if url is not None:

@@ -115,6 +115,9 @@ def test_train_downloads_then_trains_one_step(cli, mirror, write_recipe, tmp_pat
     assert res.exit_code == 0, res.output
     assert "downloaded MNIST: 4 file(s)" in res.stderr and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert sum(hits.values()) == 4
+    # what, how big and from where is said before the download starts (the note after loading says it again)
+    said = res.stderr.index("downloading mnist: 4 file(s)")
+    assert said < res.stderr.index("downloaded MNIST") and "SHA-256 verified" in res.stderr
 
 
 def test_train_no_download_fails_in_one_message(cli, mirror, write_recipe, tmp_path, monkeypatch):

@@ -2,13 +2,14 @@
 
 `nnrun train` (:mod:`nnrun.workflows.train`, which adds signals, seed ensembles and resuming from
 a path) and every search trial run through here. The run folder holds `recipe.yaml` (resolved),
-`metrics.jsonl`, `tb/` and `checkpoints/`.
+`metrics.jsonl`, `tb/`, `checkpoints/` and, once a fit ends (stopped or not), `summary.json`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -21,7 +22,7 @@ from nnrun import distributed
 from nnrun.build import build, monitor_of
 from nnrun.distributed import SINGLE, World
 from nnrun.errors import CheckpointError, NnrunError, OutputError, writing
-from nnrun.files import write_text_atomic
+from nnrun.files import dumps, write_text_atomic
 from nnrun.recipe import dump
 from nnrun.recipe.schema import Recipe
 from nnrun.recipe.tables import metric_info, split_seed
@@ -29,6 +30,8 @@ from nnrun.runtime import resolve_device, seed_everything
 from nnrun.training import loggers, run_folder
 from nnrun.training.callbacks import Callback, Checkpointing, EnsembleMembers, MetricsFile
 from nnrun.training.trainer import LoopSettings, Trainer
+
+SUMMARY = "summary.json"
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Session:
                  base_dir: Path | None = None, notes: Callable[[list[str]], None] | None = None,
                  world: World = SINGLE):
         self.run_dir, self.saver, self.trainer, self.lock, self.world = run_dir, None, None, None, world
+        self.resumed = payload is not None
         error = None
         try:
             self.lock = run_folder.claim(run_dir, resume=payload is not None) if world.is_main else None
@@ -148,6 +152,9 @@ class Session:
         start = time.perf_counter()
         try:
             state = self.trainer.fit()
+            if self.saver is not None:  # the main process writes the run folder
+                write_summary(self.run_dir, state, monitor=self.monitor, mode=self.trainer.settings.mode,
+                              seconds=time.perf_counter() - start, resumed=self.resumed)
         except OutputError as exc:
             last = self.saver.last_complete if self.saver else None
             raise OutputError(f"{exc.message} (last complete checkpoint: {last or 'none yet'})",
@@ -161,6 +168,22 @@ class Session:
                            stop_reason=state.stop_reason or "finished", steps=state.step,
                            seconds=time.perf_counter() - start, events=list(state.events),
                            diagnostic_checkpoint=saver.diagnostic_path if saver else None)
+
+
+def write_summary(run_dir: Path, state, *, monitor: str, mode: str, seconds: float, resumed: bool) -> None:
+    """`summary.json` (strict JSON, atomic): how the fit ended, its steps and its wall time, for
+    `nnrun report`. A resumed run adds its time to the summary it continues (a run killed before it
+    wrote one counts only the fits that ended)."""
+    path = run_dir / SUMMARY
+    before = 0.0
+    if resumed:
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            before = float(json.loads(path.read_text()).get("seconds") or 0.0)
+    summary = {"stop_reason": state.stop_reason or "finished", "steps": state.step,
+               "seconds": round(before + seconds, 3), "monitor": monitor, "mode": mode, "best": state.best,
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text_atomic(path, dumps(summary, indent=1) + "\n", what=str(path),
+                      hint="free space or choose a writable folder with --run-dir")
 
 
 FitContext = Callable[[Trainer], AbstractContextManager[dict]]

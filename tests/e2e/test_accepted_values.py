@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import typing
 
+import pytest
+
 from nnrun import recipe as recipe_io
 from nnrun.errors import RecipeError
 from nnrun.recipe.fields import leaves
@@ -54,6 +56,7 @@ CONTEXT = {  # what makes a key matter: (section, key prefix) -> overrides
     ("model", "unfreeze"): ["model.freeze=['body.*']"], ("train", "max_skips"): ["train.on_nonfinite=skip"],
     ("optimizer", "discriminative"): ["model.hidden=[8, 8]"], ("train", "rollback"): ["train.on_nonfinite=rollback"],
     ("train", "max_rollbacks"): ["train.on_nonfinite=rollback"],
+    ("data", "source"): ["data.download=false"],  # public sets: the test's cache copy (`public_cache`), offline
 }
 EXTRA = {  # values for keys the type alone cannot draw (free text, globs) or the run's fit needs
     ("name",): ["x", "run.v2"], ("train", "monitor"): ["val_loss", "train_loss", "val_acc"],
@@ -155,7 +158,37 @@ def test_every_key_gets_accepted_and_trained_values():
     assert len(accepted) > 300
 
 
-def test_accepted_values_train_one_step_cleanly(tmp_path, cli, one_step):
+@pytest.fixture
+def public_cache(tmp_path, monkeypatch):
+    """NNRUN_DATA holding tiny stand-ins of the public sets (mnist, fashion-mnist, cifar10), as
+    `nnrun data get` leaves them, so `data.source=mnist` trains offline."""
+    import gzip
+    import pickle
+
+    import numpy as np
+
+    from nnrun.data.idx import IMAGES_MAGIC, LABELS_MAGIC
+
+    rng = np.random.default_rng(0)
+    for name in ("mnist", "fashion-mnist"):
+        (tmp_path / "cache" / name).mkdir(parents=True)
+        for prefix, n in (("train", 80), ("t10k", 20)):
+            for kind, magic, arr in (("images-idx3", IMAGES_MAGIC, rng.integers(0, 256, (n, 28, 28))),
+                                     ("labels-idx1", LABELS_MAGIC, np.arange(n) % 10)):
+                header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+                path = tmp_path / "cache" / name / f"{prefix}-{kind}-ubyte.gz"
+                path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+    cifar = tmp_path / "cache" / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, 16)], b"batch_label": b"x"}
+        (cifar / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
+    monkeypatch.setenv("NNRUN_DATA", str(tmp_path / "cache"))
+
+
+def test_accepted_values_train_one_step_cleanly(tmp_path, cli, one_step, public_cache):
     base = tmp_path / "base.yaml"
     base.write_text(BASE)
     trained = [overrides for _, overrides, train in accepted_values() if train]

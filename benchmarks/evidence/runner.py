@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-QUIET = {"log": {"progress": "none", "tensorboard": False}, "train": {"save_top_k": 0}}
+# One thread per run: results then do not depend on the machine's core count (float sums split over
+# threads round differently), and on a shared 2-core machine two threads per run were 40-50x slower.
+QUIET = {"log": {"progress": "none", "tensorboard": False}, "train": {"save_top_k": 0, "threads": 1}}
 
 
 @dataclass
@@ -110,7 +113,8 @@ def machine() -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu} ({os.cpu_count()} cores; runs train on 1 thread), torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def _cell(v: Any) -> str:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"benchmarks.evidence.{EXPERIMENTS[name]}")
             ctx = Context(out=args.out, tmp=Path(tmp) / name, quick=args.quick,
                           mnist=args.mnist.resolve() if args.mnist else None, seeds=args.seeds)
-            shown = ["python -m benchmarks.evidence", name] + (["--mnist", "MNIST"] if args.mnist else [])
+            shown = ["python -m benchmarks.evidence", name] + (["--mnist", "/path/to/mnist"] if args.mnist else [])
             shown += ["--quick"] if args.quick else []
             shown += [f"--seeds {args.seeds}"] if args.seeds != 3 else []
             run_one(module, ctx, shlex.join(shown).replace("'", ""))

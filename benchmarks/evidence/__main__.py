@@ -25,10 +25,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_docs(folder: Path, target: Path) -> None:
-    """docs/evidence.md: the header, then every experiment's section found in `folder`, in order."""
-    head = (target.read_text().split("<!-- evidence:sections -->")[0] if target.exists() else "# Evidence\n\n")
-    parts = [(folder / f"{name}.md").read_text() for name in EXPERIMENTS if (folder / f"{name}.md").exists()]
-    target.write_text(head + "<!-- evidence:sections -->\n\n" + "\n".join(parts))
+    """docs/evidence.md: the header, a table of the verdicts, then every experiment's section found in
+    `folder`, in order (each from its NAME.md and NAME.json, as the last full run wrote them)."""
+    import json
+    import re
+
+    head = (target.read_text().split("<!-- evidence:summary -->")[0] if target.exists() else "# Evidence\n\n")
+    names = [name for name in EXPERIMENTS if (folder / f"{name}.md").exists()]
+    rows = ["| claim | verdict | run time |", "|---|---|---|"]
+    for name in names:
+        raw = json.loads((folder / f"{name}.json").read_text())
+        title = (folder / f"{name}.md").read_text().splitlines()[0].removeprefix("## ")
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        rows.append(f"| [{title}](#{anchor}) | {raw['verdict']} | {raw['seconds'] / 60:.1f} min |")
+    parts = [(folder / f"{name}.md").read_text() for name in names]
+    target.write_text(head + "<!-- evidence:summary -->\n\n" + "\n".join(rows) + "\n\n" + "\n".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ Every method trains through `nnrun train` with an `ensemble` section and is comb
 The base recipes are nnrun's shipped ones: `quickstart` for the digits (MLP 128-64 with BatchNorm,
 Adam 3e-3, batch 32, 20 epochs, constant rate) and `mnist-mlp` for MNIST (MLP 256-128 with BatchNorm
 and dropout 0.1, Adam 1e-3, batch 128; here 10 epochs on the first 10,000 training images, scored on
-all 10,000 test images). This folds in benchmarks/ensemble_gain.py (seeds with EMA, combined raw and
+all 10,000 test images). This folds in the former benchmarks/ensemble_gain.py (seeds with EMA, combined raw and
 with EMA weights).
 """
 
@@ -91,7 +91,7 @@ def accs(result) -> list[float]:
 
 
 def seed_ensemble(ctx: Context, spec: dict, name: str, k: int, seed: int, strategy: str):
-    """K seeds of a recipe in one ensemble folder (ensemble_gain.py's study): the training result."""
+    """K seeds of a recipe in one ensemble folder (the former ensemble_gain.py's study): the training result."""
     return train(ctx, recipe(spec, seed=seed, ensemble={"strategy": strategy, "seeds": k}), name)
 
 

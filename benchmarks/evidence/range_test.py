@@ -1,7 +1,7 @@
 """The learning-rate range test (Smith 2015/2017): does `nnrun lr-find`'s suggestion train as well as
 the best rate of a grid search at the same budget?
 
-Folds in the logic of ``benchmarks/lr_find_rank.py`` (its 7-point grid, 1e-4 .. 1e-1 in half-decade
+Folds in the logic of the former ``benchmarks/lr_find_rank.py`` (its 7-point grid, 1e-4 .. 1e-1 in half-decade
 steps). For the shipped ``quickstart`` recipe on the built-in digits (10 epochs) and, with --mnist,
 the shipped ``mnist-mlp`` recipe on the first 20,000 MNIST training images (2 epochs): for every
 seed, run the range test (``nnrun.workflows.lr_find.run``, the CLI's defaults: 1e-7 to 10 in 100
@@ -9,7 +9,7 @@ steps) and train at its recommendation, at each voting rule's rate and at every 
 the same budget. Reported: the final validation accuracy of each (mean over seeds), the
 recommendation's rank among the grid and its gap to the grid's best.
 
-Verdict rule (fixed before the full run, the aim of lr_find_rank.py): the recommendation's mean
+Verdict rule (fixed before the full run, the aim the former lr_find_rank.py stated): the recommendation's mean
 accuracy within 1 point of the grid's best on every dataset run: reproduced; within 3 points on every
 dataset, or within 1 point on at least one: partly; otherwise not reproduced.
 """
@@ -21,7 +21,8 @@ import math
 import numpy as np
 
 from benchmarks.evidence.runner import Context, Report, log, mean, recipe, train, validate
-from benchmarks.lr_find_rank import GRID  # 1e-4, 3.2e-4, ..., 1e-1
+
+GRID = [10 ** (-4 + k / 2) for k in range(7)]  # 1e-4, 3.2e-4, ..., 1e-1: half-decade steps
 
 NAME = "range-test"
 TITLE = "3. The learning-rate range test"
@@ -43,7 +44,7 @@ def shipped(name: str) -> dict:
 
 
 def lr2(lr: float) -> float:
-    """Two significant digits, as lr-find prints its rates (and as lr_find_rank.py trains them)."""
+    """Two significant digits, as lr-find prints its rates ."""
     return float(f"{lr:.2g}")
 
 

@@ -199,7 +199,7 @@ def test_data_option_predicts_on_another_file(runs, tmp_path):
 
 
 def test_seed_ensemble_beats_the_mean_member(runs):
-    # benchmarks/ensemble_gain.py prints these numbers for bigger studies
+    # the ensembles evidence (python -m benchmarks.evidence ensembles) measures this at scale
     result = ens_wf.run([runs["study"]], split="test")
     members = [m.metrics["test_acc"] for m in result.members]
     assert result.metric == "test_acc"

@@ -5,7 +5,7 @@
 
 NAME is one of: init, batchnorm, range-test, schedules, ensembles, random-search, whitening, clipping,
 update-rules. Each prints its table and verdict and writes NAME.png, NAME.json (the raw numbers) and
-NAME.md (its section of docs/evidence.md) into --out; `python -m benchmarks.evidence docs` rebuilds
+NAME.section (its section of docs/evidence.md) into --out; `python -m benchmarks.evidence docs` rebuilds
 docs/evidence.md from the sections in docs/evidence/.
 """
 
@@ -26,19 +26,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def build_docs(folder: Path, target: Path) -> None:
     """docs/evidence.md: the header, a table of the verdicts, then every experiment's section found in
-    `folder`, in order (each from its NAME.md and NAME.json, as the last full run wrote them)."""
+    `folder`, in order (each from its NAME.section and NAME.json, as the last full run wrote them)."""
     import json
     import re
 
     head = (target.read_text().split("<!-- evidence:summary -->")[0] if target.exists() else "# Evidence\n\n")
-    names = [name for name in EXPERIMENTS if (folder / f"{name}.md").exists()]
+    names = [name for name in EXPERIMENTS if (folder / f"{name}.section").exists()]
     rows = ["| claim | verdict | run time |", "|---|---|---|"]
     for name in names:
         raw = json.loads((folder / f"{name}.json").read_text())
-        title = (folder / f"{name}.md").read_text().splitlines()[0].removeprefix("## ")
+        title = (folder / f"{name}.section").read_text().splitlines()[0].removeprefix("## ")
         anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
         rows.append(f"| [{title}](#{anchor}) | {raw['verdict']} | {raw['seconds'] / 60:.1f} min |")
-    parts = [(folder / f"{name}.md").read_text() for name in names]
+    parts = [(folder / f"{name}.section").read_text() for name in names]
     target.write_text(head + "<!-- evidence:summary -->\n\n" + "\n".join(rows) + "\n\n" + "\n".join(parts))
 
 

@@ -1,5 +1,5 @@
 """The small runner every evidence experiment shares: train through nnrun, print a table, write a
-PNG, a JSON of the raw numbers and a Markdown section for docs/evidence.md.
+PNG, a JSON of the raw numbers and a Markdown section for docs/evidence.md (NAME.section).
 
 An experiment is a module of this package with ``NAME``, ``TITLE``, ``CLAIM`` (one sentence),
 ``SOURCE`` (the paper or notes) and ``run(ctx) -> Report``. ``ctx.quick`` asks for a tiny budget
@@ -146,7 +146,8 @@ def table_text(columns: Sequence[str], rows: list[Sequence[Any]], *, markdown: b
 
 
 def finish(module, ctx: Context, report: Report, seconds: float, command: str) -> dict[str, Path]:
-    """Print the table and verdict; write NAME.png, NAME.json and NAME.md into ctx.out."""
+    """Print the table and verdict; write NAME.png, NAME.json and NAME.section (its Markdown section of
+    docs/evidence.md, whose links are relative to docs/) into ctx.out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +160,7 @@ def finish(module, ctx: Context, report: Report, seconds: float, command: str) -
     fig = plt.figure(figsize=(10, 4.5))
     report.plot(fig)
     fig.tight_layout()
-    paths = {"png": ctx.out / f"{name}.png", "json": ctx.out / f"{name}.json", "md": ctx.out / f"{name}.md"}
+    paths = {"png": ctx.out / f"{name}.png", "json": ctx.out / f"{name}.json", "md": ctx.out / f"{name}.section"}
     fig.savefig(paths["png"], dpi=90)
     plt.close(fig)
     raw = {"name": name, "claim": module.CLAIM, "source": module.SOURCE, "setup": report.setup,

@@ -49,5 +49,5 @@ def test_each_experiment_runs_end_to_end_on_a_tiny_budget(name, tmp_path, capsys
     with Image.open(tmp_path / f"{name}.png") as im:
         assert im.size[0] >= 600 and im.size[1] >= 300
         assert len(im.convert("RGB").getcolors(1 << 20) or []) > 20  # something was drawn
-    section = (tmp_path / f"{name}.md").read_text()
+    section = (tmp_path / f"{name}.section").read_text()
     assert section.startswith("## ") and f"evidence/{name}.png" in section and "**Verdict:" in section

@@ -86,18 +86,19 @@ def bench(ctx: Context, label: str, base: dict, seeds: int, grid_lrs: list[float
             "rank": 1 + sum(a > rec_mean for a in grid_mean.values()) if math.isfinite(rec_mean) else None}
 
 
-def run(ctx: Context) -> Report:
-    seeds = 1 if ctx.quick else ctx.seeds
+def jobs(ctx: Context) -> list[tuple[str, dict]]:
+    """The (label, recipe) pairs to run: the digits, and MNIST's first 20,000 images with --mnist."""
     digits = recipe(shipped("quickstart"), train={"epochs": 1 if ctx.quick else 10, "threads": THREADS},
                     data={"limit": 400} if ctx.quick else {})
-    jobs = [("digits", digits)]
+    out = [("digits", digits)]
     if ctx.mnist and not ctx.quick:
-        jobs.append(("mnist-20k", recipe(shipped("mnist-mlp"), train={"epochs": 2, "threads": THREADS},
-                                         data={"path": str(ctx.mnist), "limit": 20000})))
-    # --quick: every other grid rate and no extra rule runs (a check of the runner, not of the claim)
-    grid_lrs, rules = (GRID[::2], ()) if ctx.quick else (GRID, RULES)
-    results = [bench(ctx, label, base, seeds, grid_lrs, rules) for label, base in jobs]
+        out.append(("mnist-20k", recipe(shipped("mnist-mlp"), train={"epochs": 2, "threads": THREADS},
+                                        data={"path": str(ctx.mnist), "limit": 20000})))
+    return out
 
+
+def table_rows(results: list[dict], grid_lrs: list[float]) -> list[list]:
+    """One table row per dataset: the suggestions, their accuracy, the grid's best, the rank and the gap."""
     rows = []
     for r in results:
         lrs = " / ".join(f"{f['lr']:.2g}" if f["lr"] else "none" for f in r["finds"])
@@ -105,19 +106,31 @@ def run(ctx: Context) -> Report:
         rank = f"{r['rank']} of {len(grid_lrs) + 1}" if r["rank"] else "-"
         rows.append([r["dataset"], f"{r['epochs']:g}", lrs, r["recommended_mean"], f"{r['best_lr']:.2g}",
                      r["best_acc"], rank, r["gap_points"], rule_accs])
+    return rows
+
+
+def decide(results: list[dict]) -> str:
+    """The verdict from each dataset's gap to the grid's best (the rule in the module's docstring)."""
     gaps = [r["gap_points"] for r in results]
     finite = all(math.isfinite(g) for g in gaps)
     if finite and all(g <= AIM for g in gaps):
-        verdict = "reproduced"
-    elif finite and (all(g <= PARTLY for g in gaps) or any(g <= AIM for g in gaps)):
-        verdict = "partly"
-    else:
-        verdict = "not reproduced"
-    because = "; ".join(
+        return "reproduced"
+    if finite and (all(g <= PARTLY for g in gaps) or any(g <= AIM for g in gaps)):
+        return "partly"
+    return "not reproduced"
+
+
+def because_text(results: list[dict], grid_lrs: list[float], seeds: int) -> str:
+    """The verdict's sentence: per dataset, the recommendation's accuracy against the grid's best."""
+    return "; ".join(
         f"on {r['dataset']} ({r['epochs']:g} epochs) training at lr-find's rate gives {r['recommended_mean']:.4f} "
         f"validation accuracy against the grid's best {r['best_acc']:.4f} (lr {r['best_lr']:.2g}), rank "
         f"{r['rank'] or '-'} of {len(grid_lrs) + 1}, a gap of {r['gap_points']:.2f} points" for r in results) + \
         f" (mean of {seeds} seed(s); the aim is within {AIM:g} point)."
+
+
+def notes_for(results: list[dict], grid_lrs: list[float]) -> list[str]:
+    """Per dataset: the grid's accuracy per rate, the cost of a range test, and any lr-find warnings."""
     notes = []
     for r in results:
         grid_text = ", ".join(f"{lr:.2g}: {a:.4f}" for lr, a in r["grid_mean"].items())
@@ -128,40 +141,65 @@ def run(ctx: Context) -> Report:
         refused = [f["refused"] for f in r["finds"] if f["refused"]]
         if warns or refused:
             notes.append(f"{r['dataset']}: lr-find warned: {'; '.join(warns + refused)}.")
+    return notes
+
+
+def plot_range_tests(ax, results: list[dict]) -> None:
+    """Left panel: seed 0's range-test loss curves (raw and smoothed) and each suggestion."""
+    for k, r in enumerate(results):
+        f = r["finds"][0]
+        ax.plot(f["curve"]["lr"], f["curve"]["loss"], color=f"C{k}", alpha=0.25, lw=0.8)
+        ax.plot(f["curve"]["lr"], f["curve"]["smoothed"], color=f"C{k}", lw=1.8,
+                label=f"{r['dataset']} (seed 0), smoothed")
+        if f["lr"]:
+            ax.axvline(f["lr"], color=f"C{k}", ls="--", label=f"{r['dataset']} suggestion {f['lr']:.2g}")
+    losses = [v for r in results for v in r["finds"][0]["curve"]["smoothed"] if math.isfinite(v)]
+    if losses:
+        ax.set_ylim(0, min(max(losses), 2 * np.median(losses) + 1.0))
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="range test (lr-find)")
+    ax.legend(fontsize=8)
+
+
+def plot_grid(ax, results: list[dict], seeds: int) -> None:
+    """Right panel: the grid's mean accuracy per rate, with each seed's suggestion as a star."""
+    for k, r in enumerate(results):
+        lrs = list(r["grid_mean"])
+        ax.plot(lrs, [r["grid_mean"][lr] for lr in lrs], marker="o", color=f"C{k}", label=f"{r['dataset']} grid")
+        for f, a in zip(r["finds"], r["recommended_acc"]):
+            if f["lr"]:
+                ax.plot([f["lr"]], [a], marker="*", ms=14, color=f"C{k}", mec="black", ls="none")
+        ax.plot([], [], marker="*", ms=12, color=f"C{k}", mec="black", ls="none",
+                label=f"{r['dataset']} lr-find suggestion (each seed)")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="final validation accuracy",
+           title=f"grid at equal budget (mean of {seeds} seed(s))")
+    ax.legend(fontsize=8)
+
+
+def setup_text(ctx: Context, results: list[dict], seeds: int) -> str:
+    """The setup sentence: the recipes, budgets, seeds and the grid."""
+    return ("digits: the shipped `quickstart` recipe (MLP 128-64 with BatchNorm, Adam, batch 32, 20% validation) "
+            f"for {results[0]['epochs']:g} epochs" + (" on the first 400 examples" if ctx.quick else "") +
+            ("; MNIST: the shipped `mnist-mlp` recipe (MLP 256-128, BatchNorm, dropout 0.1, Adam, batch 128, 10% "
+             "validation) on the first 20,000 training images for 2 epochs" if len(results) > 1 else "") +
+            f". Per seed ({seeds}): `nnrun lr-find` with its defaults (1e-7 to 10, 100 steps), then training at "
+            "its recommendation, at each rule's rate and at every rate of the grid 1e-4, 3.2e-4, ..., 1e-1 "
+            "(7 rates, half-decade steps); one CPU thread per run.")
+
+
+def run(ctx: Context) -> Report:
+    """Run the range test and the grid on every dataset; the table, verdict, notes and plot."""
+    seeds = 1 if ctx.quick else ctx.seeds
+    # --quick: every other grid rate and no extra rule runs (a check of the runner, not of the claim)
+    grid_lrs, rules = (GRID[::2], ()) if ctx.quick else (GRID, RULES)
+    results = [bench(ctx, label, base, seeds, grid_lrs, rules) for label, base in jobs(ctx)]
 
     def plot(fig) -> None:
         ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for k, r in enumerate(results):
-            f = r["finds"][0]
-            ax1.plot(f["curve"]["lr"], f["curve"]["loss"], color=f"C{k}", alpha=0.25, lw=0.8)
-            ax1.plot(f["curve"]["lr"], f["curve"]["smoothed"], color=f"C{k}", lw=1.8,
-                     label=f"{r['dataset']} (seed 0), smoothed")
-            if f["lr"]:
-                ax1.axvline(f["lr"], color=f"C{k}", ls="--", label=f"{r['dataset']} suggestion {f['lr']:.2g}")
-            lrs = list(r["grid_mean"])
-            ax2.plot(lrs, [r["grid_mean"][lr] for lr in lrs], marker="o", color=f"C{k}", label=f"{r['dataset']} grid")
-            for f2, a in zip(r["finds"], r["recommended_acc"]):
-                if f2["lr"]:
-                    ax2.plot([f2["lr"]], [a], marker="*", ms=14, color=f"C{k}", mec="black", ls="none")
-            ax2.plot([], [], marker="*", ms=12, color=f"C{k}", mec="black", ls="none",
-                     label=f"{r['dataset']} lr-find suggestion (each seed)")
-        losses = [v for r in results for v in r["finds"][0]["curve"]["smoothed"] if math.isfinite(v)]
-        if losses:
-            ax1.set_ylim(0, min(max(losses), 2 * np.median(losses) + 1.0))
-        ax1.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="range test (lr-find)")
-        ax1.legend(fontsize=8)
-        ax2.set(xscale="log", xlabel="learning rate", ylabel="final validation accuracy",
-                title=f"grid at equal budget (mean of {seeds} seed(s))")
-        ax2.legend(fontsize=8)
+        plot_range_tests(ax1, results)
+        plot_grid(ax2, results, seeds)
 
-    setup = ("digits: the shipped `quickstart` recipe (MLP 128-64 with BatchNorm, Adam, batch 32, 20% validation) "
-             f"for {results[0]['epochs']:g} epochs" + (" on the first 400 examples" if ctx.quick else "") +
-             ("; MNIST: the shipped `mnist-mlp` recipe (MLP 256-128, BatchNorm, dropout 0.1, Adam, batch 128, 10% "
-              "validation) on the first 20,000 training images for 2 epochs" if len(results) > 1 else "") +
-             f". Per seed ({seeds}): `nnrun lr-find` with its defaults (1e-7 to 10, 100 steps), then training at "
-             "its recommendation, at each rule's rate and at every rate of the grid 1e-4, 3.2e-4, ..., 1e-1 "
-             "(7 rates, half-decade steps); one CPU thread per run.")
     return Report(columns=["dataset", "epochs", "lr-find suggests (per seed)", "its val_acc", "grid best lr",
                            "grid best val_acc", "rank", "gap (points)", "val_acc at each rule's rate"],
-                  rows=rows, verdict=verdict, because=because, setup=setup, plot=plot,
-                  raw={"grid": [lr2(lr) for lr in grid_lrs], "results": results}, notes=notes)
+                  rows=table_rows(results, grid_lrs), verdict=decide(results),
+                  because=because_text(results, grid_lrs, seeds), setup=setup_text(ctx, results, seeds), plot=plot,
+                  raw={"grid": [lr2(lr) for lr in grid_lrs], "results": results}, notes=notes_for(results, grid_lrs))

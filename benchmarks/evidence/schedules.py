@@ -60,26 +60,26 @@ def epochs_to(history: list[dict], target: float) -> float:
 
 
 def describe(keys: dict) -> str:
+    """A schedule's keys other than its name, as the table shows them."""
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in keys.items()
                      if k != "name") or "-"
 
 
-def run(ctx: Context) -> Report:
+def setting(ctx: Context) -> tuple[str, float, dict]:
+    """The dataset's name, the target accuracy and the recipe's data section (MNIST with --mnist)."""
+    if ctx.mnist and not ctx.quick:
+        data = {"source": "mnist", "path": str(ctx.mnist), "limit": 10000, "batch_size": 64, "val_fraction": 0.2}
+        return "MNIST, first 10,000 training images", 0.95, data
+    data = {"source": "digits", "batch_size": 32, "val_fraction": 0.2} | ({"limit": 400} if ctx.quick else {})
+    return "digits", 0.97, data
+
+
+def train_all(ctx: Context, base: dict, epochs: int, seeds: int, target: float) -> dict[str, dict]:
+    """Every schedule: its keys, each seed's validation curve and result, and nnrun's preview of its rates."""
     from nnrun.workflows.schedule import preview
 
-    epochs, seeds = (3, 1) if ctx.quick else (15, ctx.seeds)
-    if ctx.mnist and not ctx.quick:
-        dataset, target = "MNIST, first 10,000 training images", 0.95
-        data = {"source": "mnist", "path": str(ctx.mnist), "limit": 10000, "batch_size": 64, "val_fraction": 0.2}
-    else:
-        dataset, target = "digits", 0.97
-        data = {"source": "digits", "batch_size": 32, "val_fraction": 0.2} | ({"limit": 400} if ctx.quick else {})
-    base = recipe(data=data, model={"arch": "mlp", "hidden": [128, 64], "norm": "none", "activation": "relu"},
-                  init={"weights": "kaiming_normal"}, optimizer={"name": "sgd", "lr": LR, "momentum": 0.9},
-                  train={"epochs": epochs, "threads": 1})
-    configs = schedules(epochs)
-    raw: dict = {"target": target, "epochs": epochs, "dataset": dataset, "schedules": {}}
-    for label, keys in configs.items():
+    out = {}
+    for label, keys in schedules(epochs).items():
         spec = recipe(base, schedule=keys)
         shown = preview(validate(spec, f"preview-{label}"), max_points=400)
         runs = []
@@ -89,21 +89,28 @@ def run(ctx: Context) -> Report:
             runs.append({"curve": [h.get("val_acc") for h in res.history], "final": res.history[-1]["val_acc"],
                          "best": max(h.get("val_acc", 0) for h in res.history),
                          "to_target": epochs_to(res.history, target), "stop": res.stop_reason})
-        raw["schedules"][label] = {"keys": keys, "runs": runs,
-                                   "preview": {"epoch": [s / shown.steps_per_epoch for s in shown.steps],
-                                               "lr": shown.lrs["default"], "momentum": shown.momentum}}
+        out[label] = {"keys": keys, "runs": runs,
+                      "preview": {"epoch": [s / shown.steps_per_epoch for s in shown.steps],
+                                  "lr": shown.lrs["default"], "momentum": shown.momentum}}
+    return out
 
-    def speed(runs: list[dict]) -> float:
-        return mean([r["to_target"] if math.isfinite(r["to_target"]) else epochs + 1 for r in runs])
 
+def summarize(found: dict[str, dict], epochs: int) -> tuple[list[list], dict, dict, dict]:
+    """The table rows and, per schedule, the mean final accuracy, mean epochs to target and seed spread."""
     rows, final, fast, spread = [], {}, {}, {}
-    for label, entry in raw["schedules"].items():
+    for label, entry in found.items():
         runs = entry["runs"]
-        final[label], fast[label] = mean([r["final"] for r in runs]), speed(runs)
+        final[label] = mean([r["final"] for r in runs])
+        fast[label] = mean([r["to_target"] if math.isfinite(r["to_target"]) else epochs + 1 for r in runs])
         spread[label] = statistics.stdev([r["final"] for r in runs]) if len(runs) > 1 else 0.0
         reached = sum(math.isfinite(r["to_target"]) for r in runs)
         rows.append([label, describe(entry["keys"]), final[label], spread[label], mean([r["best"] for r in runs]),
                      f"{reached}/{len(runs)}", fast[label]])
+    return rows, final, fast, spread
+
+
+def decide(final: dict, fast: dict, target: float, seeds: int, epochs: int, dataset: str) -> tuple[str, str]:
+    """The verdict ("faster" and "as accurate", the rule in the module's docstring) and its sentence."""
     best_cyc = min(CYCLICAL, key=lambda k: (fast[k], -final[k]))
     best_base = min(BASELINES, key=lambda k: (fast[k], -final[k]))
     top_cyc, top_base = max(CYCLICAL, key=final.get), max(BASELINES, key=final.get)
@@ -114,6 +121,11 @@ def run(ctx: Context) -> Report:
                f"{fast[best_cyc]:.1f} epochs against {fast[best_base]:.1f} for the faster of constant and step "
                f"({best_base}); the best cyclical final accuracy ({top_cyc}) is {final[top_cyc]:.4f} against "
                f"{final[top_base]:.4f} ({top_base}) (mean of {seeds} seed(s), {epochs} epochs, {dataset}).")
+    return verdict, because
+
+
+def notes_for(final: dict, fast: dict, spread: dict, seeds: int, epochs: int) -> list[str]:
+    """The ranking, how far apart the annealed schedules end, and why one_cycle and sgdr start slowly."""
     ranked = sorted(final, key=final.get, reverse=True)
     notes = [f"Final accuracy, best first: {', '.join(f'{k} {final[k]:.4f}' for k in ranked)}. Epochs to target "
              f"count evaluations at the end of each epoch; a seed that never reaches it counts as {epochs + 1}."]
@@ -129,26 +141,51 @@ def run(ctx: Context) -> Report:
                  f"{epochs / 15:g} and {3 * epochs / 15:g} of {epochs} epochs with the rate annealed to 0, so early "
                  "evaluations see a model at a low rate (the 'anytime' behaviour the SGDR paper reports); it reaches "
                  f"the target after {fast['sgdr']:.1f} epochs.")
+    return notes
+
+
+def plot_curves(ax, found: dict[str, dict], final: dict, target: float, title: str) -> None:
+    """Left panel: each schedule's mean validation curve, with the target as a dotted line."""
+    for k, (label, entry) in enumerate(found.items()):
+        curves = np.array([[np.nan if v is None else v for v in r["curve"]] for r in entry["runs"]], dtype=float)
+        style = "-" if label in CYCLICAL else "--"
+        ax.plot(range(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), ls=style, marker=".",
+                color=f"C{k}", label=label)
+    ax.axhline(target, color="grey", lw=0.8, ls=":")
+    finals = [v for v in final.values() if math.isfinite(v)]
+    if finals:
+        ax.set_ylim(min(finals) - 0.04, max(finals) + 0.01)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title)
+    ax.legend(fontsize=8)
+
+
+def plot_rates(ax, found: dict[str, dict]) -> None:
+    """Right panel: each schedule's learning rate per epoch, from nnrun's schedule preview."""
+    for k, (label, entry) in enumerate(found.items()):
+        style = "-" if label in CYCLICAL else "--"
+        lrs = np.array(entry["preview"]["lr"], dtype=float)
+        ax.plot(entry["preview"]["epoch"], np.where(lrs > 0, lrs, np.nan), ls=style, color=f"C{k}", label=label)
+    ax.set(yscale="log", xlabel="epoch", ylabel="learning rate", title="the rates (nnrun schedule preview)")
+    ax.set_ylim(LR * 1e-4, LR * 2)
+    ax.legend(fontsize=8)
+
+
+def run(ctx: Context) -> Report:
+    """Train every schedule at the same budget and peak rate; the table, verdict, notes and plot."""
+    epochs, seeds = (3, 1) if ctx.quick else (15, ctx.seeds)
+    dataset, target, data = setting(ctx)
+    base = recipe(data=data, model={"arch": "mlp", "hidden": [128, 64], "norm": "none", "activation": "relu"},
+                  init={"weights": "kaiming_normal"}, optimizer={"name": "sgd", "lr": LR, "momentum": 0.9},
+                  train={"epochs": epochs, "threads": 1})
+    raw = {"target": target, "epochs": epochs, "dataset": dataset,
+           "schedules": train_all(ctx, base, epochs, seeds, target)}
+    rows, final, fast, spread = summarize(raw["schedules"], epochs)
+    verdict, because = decide(final, fast, target, seeds, epochs, dataset)
 
     def plot(fig) -> None:
         ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for k, (label, entry) in enumerate(raw["schedules"].items()):
-            curves = np.array([[np.nan if v is None else v for v in r["curve"]] for r in entry["runs"]], dtype=float)
-            style = "-" if label in CYCLICAL else "--"
-            ax1.plot(range(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), ls=style, marker=".",
-                     color=f"C{k}", label=label)
-            lrs = np.array(entry["preview"]["lr"], dtype=float)
-            ax2.plot(entry["preview"]["epoch"], np.where(lrs > 0, lrs, np.nan), ls=style, color=f"C{k}", label=label)
-        ax1.axhline(target, color="grey", lw=0.8, ls=":")
-        finals = [v for v in final.values() if math.isfinite(v)]
-        if finals:
-            ax1.set_ylim(min(finals) - 0.04, max(finals) + 0.01)
-        ax1.set(xlabel="epoch", ylabel="validation accuracy",
-                title=f"{dataset}: mean of {seeds} seed(s)")
-        ax1.legend(fontsize=8)
-        ax2.set(yscale="log", xlabel="epoch", ylabel="learning rate", title="the rates (nnrun schedule preview)")
-        ax2.set_ylim(LR * 1e-4, LR * 2)
-        ax2.legend(fontsize=8)
+        plot_curves(ax1, raw["schedules"], final, target, f"{dataset}: mean of {seeds} seed(s)")
+        plot_rates(ax2, raw["schedules"])
 
     return Report(columns=["schedule", "parameters", "final val_acc", "std (seeds)", "best val_acc",
                            f"runs reaching {target}", f"epochs to target (never: {epochs + 1})"],
@@ -157,4 +194,4 @@ def run(ctx: Context) -> Report:
                          f"momentum 0.9, peak rate {LR} for every schedule (cyclic: lr/4 to lr; one_cycle: up to "
                          f"lr), batch {data['batch_size']}, {epochs} epochs, {seeds} seed(s), one CPU thread per "
                          "run; schedule parameters set from the budget by fixed rules (see the table), not tuned."),
-                  plot=plot, raw=raw, notes=notes)
+                  plot=plot, raw=raw, notes=notes_for(final, fast, spread, seeds, epochs))

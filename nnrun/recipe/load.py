@@ -139,12 +139,22 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[tuple[str, ...], Any
 class _Problems:
     """Collects problems with their location so they can all be reported at once."""
 
-    def __init__(self, source: Source, lines: dict[tuple, int], origins: dict[tuple, str]):
-        self.source, self.lines, self.origins, self.items = source, lines, origins, []
+    def __init__(self, source: Source, lines: dict[tuple, int], origins: dict[tuple, str], data: dict | None = None):
+        self.source, self.lines, self.origins, self.items, self.data = source, lines, origins, [], data or {}
 
-    def where(self, path: tuple) -> str:
+    def given(self, path: tuple) -> bool:
+        """Whether the recipe's data holds the key (a recipe built from a dict has no lines to name)."""
+        node = self.data
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    def where(self, path: tuple) -> str | None:
         """The override that set the key (or a section above it, or a key below it that it created),
-        else the line of the key or of its nearest section in the file, else `default`."""
+        else the line of the key or of its nearest section in the file, else `default` when the key was
+        not given at all (None: given in a dict, which has no lines)."""
         below = [raw for p, raw in self.origins.items() if path and p[:len(path)] == path and path not in self.lines]
         if below:
             return f"override `{below[0]}`"
@@ -153,7 +163,7 @@ class _Problems:
                 return f"override `{self.origins[path[:n]]}`"
             if path[:n] in self.lines:
                 return f"line {self.lines[path[:n]]}"
-        return "default"
+        return None if self.given(path) else "default"
 
     def add(self, path: tuple, message: str) -> None:
         self.items.append(Problem(tuple(path), message, self.where(tuple(path))))
@@ -226,7 +236,7 @@ def validate(data: dict, *, source: Source, lines: dict[tuple, int] | None = Non
         data["name"] = source.path.stem
     elif "name" not in data:
         data["name"] = source.label.split(" ")[0]
-    problems = _Problems(source, lines or {}, origins)
+    problems = _Problems(source, lines or {}, origins, data)
     recipe = _build_section(Recipe, data, (), problems)
     if not problems.items:
         for path, message, _ in cross_field_problems(recipe):

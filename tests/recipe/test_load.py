@@ -135,3 +135,11 @@ def test_unknown_shipped_name_suggests(tmp_path, monkeypatch):
     with pytest.raises(RecipeError) as info:
         recipe_io.load("quickstrat")
     assert "did you mean `quickstart`" in str(info.value)
+
+
+def test_a_recipe_built_from_a_dict_names_no_default_for_a_key_it_gave():
+    with pytest.raises(RecipeError) as info:
+        recipe_io.validate({"init": {"weights": "zeros"}}, source=recipe_io.Source("api"))
+    (problem,) = info.value.problems
+    assert problem.path == ("init", "weights") and problem.where is None
+    assert str(problem).startswith("`init.weights`: zeros is refused")

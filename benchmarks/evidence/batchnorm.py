@@ -39,17 +39,8 @@ def good_range(rates: list[float], accs: list[float]) -> tuple[float, float, flo
     return best, rates[lo], rates[hi], math.log10(rates[hi] / rates[lo])
 
 
-def run(ctx: Context) -> Report:
-    if ctx.quick:
-        epochs, seeds, rates, limit = 1, 1, RATES[::4], 256
-    else:
-        epochs, seeds, rates, limit = 10, ctx.seeds, RATES, None
-    base = recipe(data={"source": "digits", "batch_size": 32, "val_fraction": 0.2, "drop_last": True,
-                        **({"limit": limit} if limit else {})},
-                  model={"arch": "mlp", "hidden": [64] * 8, "groups": 8, "dropout": 0.0},
-                  optimizer={"name": "sgd", "momentum": 0.9},
-                  schedule={"name": "constant", "final_decay": 0.2},
-                  train={"epochs": epochs, "threads": 1, "on_nonfinite": "stop"})
+def train_grid(ctx: Context, base: dict, rates: list[float], seeds: int) -> dict:
+    """Train every norm at every rate over the seeds: the runs per norm and rate (diverged runs score CHANCE)."""
     raw: dict = {}
     for norm in NORMS:
         raw[norm] = {}
@@ -64,7 +55,11 @@ def run(ctx: Context) -> Report:
                 runs.append({"final": CHANCE if diverged or final is None else final, "diverged": diverged,
                              "stop": res.stop_reason, "curve": [h.get("val_acc") for h in res.history]})
             raw[norm][f"{lr:.6g}"] = runs
+    return raw
 
+
+def summarize(raw: dict, rates: list[float], seeds: int) -> tuple[dict, dict, list[list]]:
+    """The mean accuracy per norm and rate, the per-norm summary (best, good range, divergences), the rows."""
     accs = {norm: [mean([r["final"] for r in raw[norm][f"{lr:.6g}"]]) for lr in rates] for norm in NORMS}
     summary = {}
     rows = []
@@ -76,48 +71,78 @@ def run(ctx: Context) -> Report:
                          "diverged": diverged, "accs": accs[norm]}
         rows.append([norm, best, f"{best_lr:.2g}", f"{lo:.2g} to {hi:.2g}", width,
                      f"{diverged}/{len(rates) * seeds}"])
+    return accs, summary, rows
 
+
+def judge(summary: dict) -> str:
+    """The verdict: BatchNorm's good range against no normalization's."""
     # The verdict rule, fixed before the full run: reproduced when batch's good range is at least half a
     # decade (one grid step) wider than none's, reaches a higher rate, and its best accuracy is not lower by
     # more than 1 point; partly when its range is wider or reaches a higher rate (not both, or a lower best);
     # not reproduced otherwise. GroupNorm is reported, not judged.
-    b, n, g = summary["batch"], summary["none"], summary["group"]
+    b, n = summary["batch"], summary["none"]
     wider, higher = b["width"] >= n["width"] + 0.5 - 1e-9, b["hi"] > n["hi"]
     if wider and higher and b["best"] >= n["best"] - WITHIN:
-        verdict = "reproduced"
-    elif b["width"] > n["width"] or higher:
-        verdict = "partly"
+        return "reproduced"
+    if b["width"] > n["width"] or higher:
+        return "partly"
+    return "not reproduced"
+
+
+def explain(summary: dict, seeds: int, epochs: int) -> str:
+    """The sentence behind the verdict: each norm's good range and best accuracy."""
+    b, n, g = summary["batch"], summary["none"], summary["group"]
+    return (f"rates within 1 point of the best span {b['width']:.1f} decades with BatchNorm "
+            f"({b['lo']:.2g} to {b['hi']:.2g}, best {b['best']:.3f}) against {n['width']:.1f} without "
+            f"({n['lo']:.2g} to {n['hi']:.2g}, best {n['best']:.3f}); GroupNorm {g['width']:.1f} decades "
+            f"({g['lo']:.2g} to {g['hi']:.2g}, best {g['best']:.3f}); mean of {seeds} seed(s), {epochs} "
+            f"epochs, SGD momentum 0.9.")
+
+
+def write_notes() -> list[str]:
+    """The notes: how a run is scored and how the width is measured."""
+    return ["Final validation accuracy after the whole budget (the last 20% of steps decay the rate linearly "
+            "to 0); a run that nnrun stopped for a non-finite loss (`train.on_nonfinite: stop`) counts as "
+            f"chance ({CHANCE}). Width: log10(highest/lowest rate) of the contiguous run of grid rates around "
+            "the best whose mean accuracy is within 1 point of the best (0: only the best rate)."]
+
+
+def plot_accuracy(fig, rates: list[float], accs: dict, summary: dict) -> None:
+    """The panel: final accuracy against the learning rate per norm, each good range shaded."""
+    ax = fig.add_subplot(1, 1, 1)
+    for norm in NORMS:
+        line, = ax.plot(rates, accs[norm], marker="o", label=f"norm: {norm}")
+        s = summary[norm]
+        ax.axvspan(s["lo"], s["hi"], color=line.get_color(), alpha=0.08)
+    ax.set_xscale("log")
+    ax.axhline(CHANCE, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="learning rate (SGD, momentum 0.9)", ylabel="final validation accuracy",
+           title="digits, MLP 8x64: accuracy vs learning rate (shaded: within 1 point of the best)")
+    ax.legend()
+
+
+def run(ctx: Context) -> Report:
+    """Train the grid of norms and rates, then report the table, the verdict, the notes and the plot."""
+    if ctx.quick:
+        epochs, seeds, rates, limit = 1, 1, RATES[::4], 256
     else:
-        verdict = "not reproduced"
-    because = (f"rates within 1 point of the best span {b['width']:.1f} decades with BatchNorm "
-               f"({b['lo']:.2g} to {b['hi']:.2g}, best {b['best']:.3f}) against {n['width']:.1f} without "
-               f"({n['lo']:.2g} to {n['hi']:.2g}, best {n['best']:.3f}); GroupNorm {g['width']:.1f} decades "
-               f"({g['lo']:.2g} to {g['hi']:.2g}, best {g['best']:.3f}); mean of {seeds} seed(s), {epochs} "
-               f"epochs, SGD momentum 0.9.")
-    notes = ["Final validation accuracy after the whole budget (the last 20% of steps decay the rate linearly "
-             "to 0); a run that nnrun stopped for a non-finite loss (`train.on_nonfinite: stop`) counts as "
-             f"chance ({CHANCE}). Width: log10(highest/lowest rate) of the contiguous run of grid rates around "
-             "the best whose mean accuracy is within 1 point of the best (0: only the best rate)."]
-
-    def plot(fig) -> None:
-        ax = fig.add_subplot(1, 1, 1)
-        for norm in NORMS:
-            line, = ax.plot(rates, accs[norm], marker="o", label=f"norm: {norm}")
-            s = summary[norm]
-            ax.axvspan(s["lo"], s["hi"], color=line.get_color(), alpha=0.08)
-        ax.set_xscale("log")
-        ax.axhline(CHANCE, color="grey", lw=0.8, ls="--")
-        ax.set(xlabel="learning rate (SGD, momentum 0.9)", ylabel="final validation accuracy",
-               title="digits, MLP 8x64: accuracy vs learning rate (shaded: within 1 point of the best)")
-        ax.legend()
-
+        epochs, seeds, rates, limit = 10, ctx.seeds, RATES, None
+    base = recipe(data={"source": "digits", "batch_size": 32, "val_fraction": 0.2, "drop_last": True,
+                        **({"limit": limit} if limit else {})},
+                  model={"arch": "mlp", "hidden": [64] * 8, "groups": 8, "dropout": 0.0},
+                  optimizer={"name": "sgd", "momentum": 0.9},
+                  schedule={"name": "constant", "final_decay": 0.2},
+                  train={"epochs": epochs, "threads": 1, "on_nonfinite": "stop"})
+    raw = train_grid(ctx, base, rates, seeds)
+    accs, summary, rows = summarize(raw, rates, seeds)
     return Report(columns=["norm", "best val acc", "best lr", "lrs within 1 point", "width (decades)",
                            "diverged runs"],
-                  rows=rows, verdict=verdict, because=because,
+                  rows=rows, verdict=judge(summary), because=explain(summary, seeds, epochs),
                   setup=(f"built-in digits (80% train, 20% validation{f', first {limit}' if limit else ''}); MLP "
                          f"8 hidden layers of 64, He init, model.norm none / batch / group (model.groups 8), "
                          f"no dropout; SGD momentum 0.9, batch 32, {epochs} epochs, constant rate with the last "
                          f"20% decaying linearly to 0 (schedule.final_decay 0.2); {len(rates)} rates "
                          f"{rates[0]:.0e} to {rates[-1]:.2g} in half-decade steps; {seeds} seed(s), mean "
                          f"shown."),
-                  plot=plot, raw={"rates": rates, "runs": raw, "summary": summary}, notes=notes)
+                  plot=lambda fig: plot_accuracy(fig, rates, accs, summary),
+                  raw={"rates": rates, "runs": raw, "summary": summary}, notes=write_notes())

@@ -151,25 +151,37 @@ def judge(found: dict) -> tuple[str, float, list[str]]:
     return "partly", single, winners
 
 
-def run(ctx: Context) -> Report:
-    repeats = 1 if ctx.quick else ctx.seeds
-    data = {label: one_dataset(ctx, label, cfg, repeats) for label, cfg in bases(ctx).items()}
+def method_rows(label: str, res: dict, single: float) -> list[list]:
+    """The table rows of one dataset: each method's runs, mean and std test accuracy and gain vs single."""
+    found = res["accuracy"]
+    rows = []
+    for name in METHODS:
+        values = found[name]
+        rows.append([label, name, COST[name].replace("K", str(res["k"])), mean(values),
+                     statistics.stdev(values) if len(values) > 1 else float("nan"), len(values),
+                     100 * (mean(values) - single)])
+    return rows
+
+
+def tabulate(data: dict, repeats: int) -> tuple[list[list], str, str]:
+    """The rows over all datasets, the overall verdict (one per dataset, "partly" when they differ) and why."""
     rows, verdicts, sentences = [], [], []
     for label, res in data.items():
         found = res["accuracy"]
         verdict, single, winners = judge(found)
         verdicts.append(verdict)
-        for name in METHODS:
-            values = found[name]
-            rows.append([label, name, COST[name].replace("K", str(res["k"])), mean(values),
-                         statistics.stdev(values) if len(values) > 1 else float("nan"), len(values),
-                         100 * (mean(values) - single)])
+        rows += method_rows(label, res, single)
         gains = ", ".join(f"{name} {100 * (mean(found[name]) - single):+.3f}" for name in METHODS[1:])
         sentences.append(f"{label} ({res['examples']} test images): single models {single:.4f}; gains in points: "
                          f"{gains}; {len(winners)} of 4 one-run methods gain at least {100 * THRESHOLD:.1f} "
                          f"({', '.join(winners) or 'none'}) [{verdict}]")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else "partly"
     because = "; ".join(sentences) + f" (mean of {repeats} repeat(s))."
+    return rows, verdict, because
+
+
+def write_notes(data: dict) -> list[str]:
+    """The notes: how EMA and SWA are scored, and per dataset how the snapshot and checkpoint members score."""
     notes = ["Single-model, EMA and SWA rows average every run (K per repeat); ensemble rows one value per "
              "repeat. `nnrun predict` scores a checkpoint's raw weights only (it ignores the EMA/SWA weights "
              "stored beside them) and `nnrun ensemble` needs at least 2 members, so EMA and SWA are scored as "
@@ -184,33 +196,49 @@ def run(ctx: Context) -> Report:
                      f"cycle lasts {res['epochs'] / res['m']:g} epochs from a restart at the full rate (Huang et al. "
                      "ran cycles of tens of epochs with SGD), and the checkpoints share one trajectory, so at this "
                      "budget their members are weaker or less diverse than independently seeded models.")
+    return notes
+
+
+def plot_dataset(ax, label: str, res: dict) -> None:
+    """One panel: each method's mean test accuracy on one dataset (bars), its std (whiskers) and runs (dots)."""
+    found = res["accuracy"]
+    x = np.arange(len(METHODS))
+    means = [mean(found[n]) for n in METHODS]
+    spread = [statistics.stdev(found[n]) if len(found[n]) > 1 else 0.0 for n in METHODS]
+    ax.bar(x, means, yerr=spread, capsize=3, color=["tab:grey"] + ["tab:blue"] * 5 + ["tab:orange"] * 2)
+    for j, n in enumerate(METHODS):
+        ax.scatter(np.full(len(found[n]), j) + np.linspace(-0.2, 0.2, len(found[n])), found[n],
+                   s=8, color="black", zorder=3)
+    low = min(min(found[n]) for n in METHODS)
+    ax.set_ylim(max(0.0, low - 0.01), min(1.0, max(max(found[n]) for n in METHODS) + 0.005))
+    ax.axhline(means[0], color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [n.replace(" ensemble", "\nensemble").replace(" average", "\naverage")
+                      .replace(" of EMA", "\nof EMA") for n in METHODS], fontsize=7, rotation=45,
+                  ha="right")
+    ax.set(ylabel="test accuracy", title=f"{label}: bars mean, whiskers std, dots runs")
+
+
+def describe_setup(data: dict, repeats: int) -> str:
+    """The setup paragraph: the base recipes, the methods' settings and each dataset's budget."""
+    setup_parts = [f"{label}: {res['epochs']} epochs per run, K={res['k']} seeds, M={res['m']} snapshots / "
+                   f"checkpoints, {repeats} repeat(s) (seeds 0, 100, 200, ...)" for label, res in data.items()]
+    return ("digits: nnrun's quickstart recipe (MLP 128-64, BatchNorm, Adam 3e-3 constant, batch 32); "
+            "MNIST (with --mnist): mnist-mlp (MLP 256-128, BatchNorm, dropout 0.1, Adam 1e-3, batch "
+            "128) on the first 10,000 training images; snapshots: SGDR with M equal cycles, "
+            "checkpoints: every E/M epochs; EMA decay 0.999, SWA from 75% of the run; "
+            + "; ".join(setup_parts) + ". Scored on the test split with `nnrun ensemble`.")
+
+
+def run(ctx: Context) -> Report:
+    """Run every method on every dataset, then report the table, the verdict, the notes and the plot."""
+    repeats = 1 if ctx.quick else ctx.seeds
+    data = {label: one_dataset(ctx, label, cfg, repeats) for label, cfg in bases(ctx).items()}
+    rows, verdict, because = tabulate(data, repeats)
 
     def plot(fig) -> None:
         for i, (label, res) in enumerate(data.items()):
-            ax = fig.add_subplot(1, len(data), i + 1)
-            found = res["accuracy"]
-            x = np.arange(len(METHODS))
-            means = [mean(found[n]) for n in METHODS]
-            spread = [statistics.stdev(found[n]) if len(found[n]) > 1 else 0.0 for n in METHODS]
-            ax.bar(x, means, yerr=spread, capsize=3, color=["tab:grey"] + ["tab:blue"] * 5 + ["tab:orange"] * 2)
-            for j, n in enumerate(METHODS):
-                ax.scatter(np.full(len(found[n]), j) + np.linspace(-0.2, 0.2, len(found[n])), found[n],
-                           s=8, color="black", zorder=3)
-            low = min(min(found[n]) for n in METHODS)
-            ax.set_ylim(max(0.0, low - 0.01), min(1.0, max(max(found[n]) for n in METHODS) + 0.005))
-            ax.axhline(means[0], color="grey", lw=0.8, ls="--")
-            ax.set_xticks(x, [n.replace(" ensemble", "\nensemble").replace(" average", "\naverage")
-                              .replace(" of EMA", "\nof EMA") for n in METHODS], fontsize=7, rotation=45,
-                          ha="right")
-            ax.set(ylabel="test accuracy", title=f"{label}: bars mean, whiskers std, dots runs")
+            plot_dataset(fig.add_subplot(1, len(data), i + 1), label, res)
 
-    setup_parts = [f"{label}: {res['epochs']} epochs per run, K={res['k']} seeds, M={res['m']} snapshots / "
-                   f"checkpoints, {repeats} repeat(s) (seeds 0, 100, 200, ...)" for label, res in data.items()]
     return Report(columns=["data", "method", "training runs", "test_acc", "std", "n", "gain vs single (points)"],
-                  rows=rows, verdict=verdict, because=because,
-                  setup=("digits: nnrun's quickstart recipe (MLP 128-64, BatchNorm, Adam 3e-3 constant, batch 32); "
-                         "MNIST (with --mnist): mnist-mlp (MLP 256-128, BatchNorm, dropout 0.1, Adam 1e-3, batch "
-                         "128) on the first 10,000 training images; snapshots: SGDR with M equal cycles, "
-                         "checkpoints: every E/M epochs; EMA decay 0.999, SWA from 75% of the run; "
-                         + "; ".join(setup_parts) + ". Scored on the test split with `nnrun ensemble`."),
-                  plot=plot, raw=data, notes=notes)
+                  rows=rows, verdict=verdict, because=because, setup=describe_setup(data, repeats),
+                  plot=plot, raw=data, notes=write_notes(data))

@@ -76,11 +76,8 @@ def refusal(spec: dict, name: str) -> str | None:
     return None
 
 
-def run(ctx: Context) -> Report:
-    if ctx.quick:
-        epochs, seeds, limit, width = 1, 1, 256, 16
-    else:
-        epochs, seeds, limit, width = 4, ctx.seeds, 12000, WIDTH
+def data_section(ctx: Context, limit: int) -> tuple[dict, str]:
+    """The recipe's data section (without the batch size) and a sentence saying what data it is."""
     if ctx.mnist is not None:
         data = {"source": "mnist", "path": str(ctx.mnist), "download": False, "limit": limit,
                 "val_fraction": 1 / 6}
@@ -88,10 +85,11 @@ def run(ctx: Context) -> Report:
     else:
         data = {"source": "digits", "val_fraction": 0.2, **({"limit": limit} if ctx.quick else {})}
         where = "the built-in digits (no --mnist given; 80% train, 20% validation)"
-    base = recipe(data={**data, "batch_size": 64},
-                  model={"arch": "mlp", "hidden": [width] * DEPTH, "norm": "none", "dropout": 0.0},
-                  optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
-                  train={"epochs": epochs, "threads": 1})
+    return data, where
+
+
+def train_all(ctx: Context, base: dict, seeds: int) -> tuple[dict, dict[str, str]]:
+    """Train every (net, init) configuration over the seeds: the raw runs per key, and nnrun's refusals."""
     raw: dict = {}
     refused: dict[str, str] = {}
     for net, label, init in RELU + TANH:
@@ -113,24 +111,45 @@ def run(ctx: Context) -> Report:
                          "train_loss_1": hist[0].get("train_loss") if hist else None,
                          "final": hist[-1].get("val_acc") if hist else None, "stop": res.stop_reason})
         raw[key] = {"net": net, "init": label, "recipe_init": init, "runs": runs, "refused": refused.get(key)}
+    return raw, refused
 
-    def stds_of(key: str) -> np.ndarray:
-        """Per-layer std, mean over seeds (layer 1 .. DEPTH hidden, then the head)."""
-        return np.array([r["stds"] for r in raw[key]["runs"]], dtype=float).mean(axis=0)
 
+def stds_of(raw: dict, key: str) -> np.ndarray:
+    """Per-layer std, mean over seeds (layer 1 .. DEPTH hidden, then the head)."""
+    return np.array([r["stds"] for r in raw[key]["runs"]], dtype=float).mean(axis=0)
+
+
+def summarize(raw: dict) -> tuple[list[list], dict]:
+    """The table rows and the per-configuration summary (stds at init, loss after epoch 1, final accuracy)."""
     rows, summary = [], {}
     for key, entry in raw.items():
         if entry["refused"]:
             rows.append([entry["net"], entry["init"], "refused", "refused", "refused", "refused"])
             continue
-        s = stds_of(key)
+        s = stds_of(raw, key)
         summary[key] = {"std_first": float(s[0]), "std_last": float(s[DEPTH - 1]),
                         "ratio": float(s[DEPTH - 1] / s[0]) if s[0] > 0 else float("nan"),
                         "val_loss_1": mean([r["val_loss_1"] for r in entry["runs"]]),
                         "final": mean([r["final"] for r in entry["runs"]])}
         m = summary[key]
         rows.append([entry["net"], entry["init"], m["std_first"], m["std_last"], m["val_loss_1"], m["final"]])
+    return rows, summary
 
+
+def relu_summaries(summary: dict) -> tuple[dict, dict, dict]:
+    """The ReLU net's summaries for kaiming_normal, Xavier (gain 1) and normal std 0.01 ({} when absent)."""
+    k, x, n = (summary.get(f"relu: {lbl}", {}) for lbl in ("kaiming_normal", "xavier_normal (gain 1)",
+                                                            "normal std 0.01"))
+    return k, x, n
+
+
+def tanh_summaries(summary: dict) -> dict:
+    """The tanh net's summaries, by key."""
+    return {key: m for key, m in summary.items() if key.startswith("tanh")}
+
+
+def judge(summary: dict, refused: dict[str, str]) -> tuple[str, dict[str, bool]]:
+    """The verdict and the outcome of each of its checks."""
     # The verdict rule, fixed before the full run:
     #  1 scale:   ReLU net at init, std(layer 20)/std(layer 1) is within [1/4, 4] for kaiming_normal, below
     #             0.1 for Xavier (gain 1) and below 0.01 for normal std 0.01;
@@ -140,9 +159,8 @@ def run(ctx: Context) -> Report:
     #  4 tanh:    in the tanh net Xavier's final accuracy is within 0.005 of the best of the three;
     #  5 zeros:   nnrun refuses zeros.
     # reproduced: all five; not reproduced: neither 1 nor 3; partly: anything between.
-    k, x, n = (summary.get(f"relu: {lbl}", {}) for lbl in ("kaiming_normal", "xavier_normal (gain 1)",
-                                                            "normal std 0.01"))
-    tanh = {key: m for key, m in summary.items() if key.startswith("tanh")}
+    k, x, n = relu_summaries(summary)
+    tanh = tanh_summaries(summary)
     tx = tanh.get("tanh: xavier_normal (gain 1)", {}).get("final", float("nan"))
     checks = {
         "scale": 0.25 <= k.get("ratio", math.nan) <= 4 and x.get("ratio", math.nan) < 0.1
@@ -155,54 +173,92 @@ def run(ctx: Context) -> Report:
     }
     verdict = ("reproduced" if all(checks.values()) else
                "not reproduced" if not (checks["scale"] or checks["faster"]) else "partly")
+    return verdict, checks
+
+
+def explain(summary: dict, checks: dict[str, bool]) -> str:
+    """The sentence behind the verdict: the scale ratios, accuracies and losses, and which checks held."""
+    k, x, n = relu_summaries(summary)
+    tanh = tanh_summaries(summary)
     held = [name for name, ok in checks.items() if ok]
     failed = [name for name, ok in checks.items() if not ok]
-    because = (f"at init the ReLU net's pre-activation std goes from layer 1 to layer {DEPTH} by a factor "
-               f"{k.get('ratio', math.nan):.3g} with kaiming_normal, {x.get('ratio', math.nan):.3g} with Xavier "
-               f"(gain 1) and {n.get('ratio', math.nan):.3g} with normal std 0.01; final validation accuracy "
-               f"{k.get('final', math.nan):.3f} (kaiming) vs {x.get('final', math.nan):.3f} (Xavier) vs "
-               f"{n.get('final', math.nan):.3f} (std 0.01), validation loss after epoch 1 "
-               f"{k.get('val_loss_1', math.nan):.3f} vs {x.get('val_loss_1', math.nan):.3f} vs "
-               f"{n.get('val_loss_1', math.nan):.3f}; tanh net: "
-               + ", ".join(f"{key[6:]} {m['final']:.3f}" for key, m in tanh.items())
-               + f"; zeros {'refused' if checks['zeros'] else 'accepted'}. Checks held: {', '.join(held) or 'none'}"
-               + (f"; failed: {', '.join(failed)}." if failed else "."))
+    return (f"at init the ReLU net's pre-activation std goes from layer 1 to layer {DEPTH} by a factor "
+            f"{k.get('ratio', math.nan):.3g} with kaiming_normal, {x.get('ratio', math.nan):.3g} with Xavier "
+            f"(gain 1) and {n.get('ratio', math.nan):.3g} with normal std 0.01; final validation accuracy "
+            f"{k.get('final', math.nan):.3f} (kaiming) vs {x.get('final', math.nan):.3f} (Xavier) vs "
+            f"{n.get('final', math.nan):.3f} (std 0.01), validation loss after epoch 1 "
+            f"{k.get('val_loss_1', math.nan):.3f} vs {x.get('val_loss_1', math.nan):.3f} vs "
+            f"{n.get('val_loss_1', math.nan):.3f}; tanh net: "
+            + ", ".join(f"{key[6:]} {m['final']:.3f}" for key, m in tanh.items())
+            + f"; zeros {'refused' if checks['zeros'] else 'accepted'}. Checks held: {', '.join(held) or 'none'}"
+            + (f"; failed: {', '.join(failed)}." if failed else "."))
+
+
+def write_notes(refused: dict[str, str], checks: dict[str, bool]) -> list[str]:
+    """The notes: nnrun's refusal messages, the Xavier gain, and each check's outcome."""
     notes = [f"nnrun refuses `init.weights: zeros` ({key}): \"{msg}\"" for key, msg in refused.items()]
     notes.append("Xavier runs set `init.gain: 1` (Glorot and Bengio's formula). Without it nnrun's xavier uses "
                  "the activation's recommended gain (sqrt(2) for ReLU, 5/3 for tanh), which on the square "
                  "hidden layers is exactly He init.")
     notes.append("Verdict checks (rule in benchmarks/evidence/init.py): "
                  + ", ".join(f"{name} {'held' if ok else 'failed'}" for name, ok in checks.items()) + ".")
+    return notes
+
+
+def plot_stds(fig, raw: dict, net: str, index: int) -> None:
+    """One panel: the per-layer pre-activation std at init of one net, one line per init."""
+    ax = fig.add_subplot(1, 3, index)
+    for key, entry in raw.items():
+        if entry["net"] != net or entry["refused"]:
+            continue
+        s = stds_of(raw, key)
+        s = np.where(s > 0, s, np.nan)
+        ax.plot(range(1, len(s) + 1), s, marker=".", label=entry["init"])
+    ax.set_yscale("log")
+    ax.set(xlabel="linear layer (last: output)", ylabel="pre-activation std at init",
+           title=f"{net} net, {DEPTH} hidden layers")
+    ax.legend(fontsize=7)
+
+
+def plot_curves(fig, raw: dict) -> None:
+    """The last panel: validation accuracy per epoch, mean over seeds, for every configuration."""
+    ax = fig.add_subplot(1, 3, 3)
+    for key, entry in raw.items():
+        if entry["refused"] or not entry["runs"]:
+            continue
+        curves = np.array([[v if v is not None else np.nan for v in r["curve"]] for r in entry["runs"]],
+                          dtype=float)
+        ax.plot(range(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), marker=".",
+                ls="-" if entry["net"] == "relu" else "--", label=key)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="training (solid: relu, dashed: tanh)")
+    ax.legend(fontsize=6)
+
+
+def run(ctx: Context) -> Report:
+    """Train every configuration, then report the table, the verdict, the notes and the plot."""
+    if ctx.quick:
+        epochs, seeds, limit, width = 1, 1, 256, 16
+    else:
+        epochs, seeds, limit, width = 4, ctx.seeds, 12000, WIDTH
+    data, where = data_section(ctx, limit)
+    base = recipe(data={**data, "batch_size": 64},
+                  model={"arch": "mlp", "hidden": [width] * DEPTH, "norm": "none", "dropout": 0.0},
+                  optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                  train={"epochs": epochs, "threads": 1})
+    raw, refused = train_all(ctx, base, seeds)
+    rows, summary = summarize(raw)
+    verdict, checks = judge(summary, refused)
 
     def plot(fig) -> None:
         for i, net in enumerate(("relu", "tanh")):
-            ax = fig.add_subplot(1, 3, i + 1)
-            for key, entry in raw.items():
-                if entry["net"] != net or entry["refused"]:
-                    continue
-                s = stds_of(key)
-                s = np.where(s > 0, s, np.nan)
-                ax.plot(range(1, len(s) + 1), s, marker=".", label=entry["init"])
-            ax.set_yscale("log")
-            ax.set(xlabel="linear layer (last: output)", ylabel="pre-activation std at init",
-                   title=f"{net} net, {DEPTH} hidden layers")
-            ax.legend(fontsize=7)
-        ax = fig.add_subplot(1, 3, 3)
-        for key, entry in raw.items():
-            if entry["refused"] or not entry["runs"]:
-                continue
-            curves = np.array([[v if v is not None else np.nan for v in r["curve"]] for r in entry["runs"]],
-                              dtype=float)
-            ax.plot(range(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), marker=".",
-                    ls="-" if entry["net"] == "relu" else "--", label=key)
-        ax.set(xlabel="epoch", ylabel="validation accuracy", title="training (solid: relu, dashed: tanh)")
-        ax.legend(fontsize=6)
+            plot_stds(fig, raw, net, i + 1)
+        plot_curves(fig, raw)
 
     return Report(
         columns=["net", "init", "std layer 1", f"std layer {DEPTH}", "val loss after epoch 1", "final val acc"],
-        rows=rows, verdict=verdict, because=because,
+        rows=rows, verdict=verdict, because=explain(summary, checks),
         setup=(f"{where}; MLP with {DEPTH} hidden layers of {width} units, no normalization, no dropout; SGD lr "
                f"0.01 momentum 0.9, batch 64, {epochs} epochs, inputs standardized, {seeds} seed(s), mean "
                f"shown. Std: each linear layer's output on the first training batch before any update "
                f"(forward hooks in a callback's on_fit_start), mean over seeds."),
-        plot=plot, raw={"runs": raw, "summary": summary, "checks": checks}, notes=notes)
+        plot=plot, raw={"runs": raw, "summary": summary, "checks": checks}, notes=write_notes(refused, checks))

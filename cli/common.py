@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import click
@@ -71,6 +72,8 @@ def run_guarded(fn: Callable, *, debug: bool):
             raise
         if is_rank_zero():  # under torchrun every process fails alike; one prints
             err_console().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        else:
+            _after_rank_zero(f"[bold red]error[/] (rank {os.environ.get('RANK')}): {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         if debug:
@@ -79,6 +82,24 @@ def run_guarded(fn: Callable, *, debug: bool):
         if is_rank_zero():
             err_console().print(f"[yellow]aborted[/] ({name})")
         sys.exit(exc.exit_code if isinstance(exc, Stopped) else 130)
+
+
+WORKER_GRACE_S = 10.0
+
+
+def _after_rank_zero(message: str) -> None:
+    """A process other than rank 0 that failed: give rank 0 the time to print the error and exit.
+
+    Under torchrun every process usually fails alike and rank 0 prints. When a process exits, torchrun
+    stops the others with SIGTERM at once, so a rank that exited first could cut rank 0 off before it
+    printed (seen in CI: no message at all). So this rank waits up to WORKER_GRACE_S for that SIGTERM
+    (its default action ends the process: the signal handlers are restored by now); when none comes,
+    only this rank failed, and it prints its own message, naming its rank."""
+    try:
+        time.sleep(WORKER_GRACE_S)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    err_console().print(message, soft_wrap=True)
 
 
 def recipe_argument(metavar: str = "RECIPE [KEY=VALUE]..."):

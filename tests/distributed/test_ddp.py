@@ -204,3 +204,17 @@ def test_errors_under_several_processes_print_once_and_exit_2(recipe, tmp_path):
     res = subprocess.run([*TORCHRUN, "--nproc-per-node=2", "-m", "nnrun", "predict", "x"], cwd=tmp_path,
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert res.stderr.count("nnrun predict runs in one process") == 1
+
+
+def test_an_error_on_another_rank_alone_is_printed_by_that_rank_after_the_grace(cli, monkeypatch):
+    """A rank other than 0 that fails waits for torchrun's SIGTERM (rank 0 failed too and printed); when none
+    comes within the grace, only it failed, and it prints its own message naming its rank."""
+    from nnrun.cli import common
+
+    waited = []
+    monkeypatch.setattr(common.time, "sleep", waited.append)  # the grace passes at once: no SIGTERM came
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = cli("predict", "x")
+    assert res.exit_code == 2 and waited == [common.WORKER_GRACE_S]
+    assert res.stderr.count("error (rank 1):") == 1 and "nnrun predict runs in one process" in res.stderr

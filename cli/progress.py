@@ -122,4 +122,3 @@ def make_progress(mode: str, console, refresh_per_second: float):
     if mode == "bar" or (mode == "auto" and console.is_terminal):
         return RichProgress(console, refresh_per_second)
     return PlainProgress(console)
-

@@ -64,7 +64,7 @@ def wants_flush(setting: str | bool, *, device: str, precision: str) -> bool:
     if setting in ("off", False):
         return False
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto").type
     return device == "cpu" and precision != "fp16"
 
 
@@ -88,6 +88,9 @@ def _gomp():
     return lib, proto
 
 
+_largest_team = [1]  # the most threads torch's pool was asked for, as far as this module saw
+
+
 def set_flush_denormal(on: bool) -> None:
     """Flush denormals (or stop) in this thread and in every thread of torch's CPU thread pool.
 
@@ -106,8 +109,6 @@ def set_flush_denormal(on: bool) -> None:
         _largest_team[0] = max(_largest_team[0], torch.get_num_threads(), os.cpu_count() or 1)
         lib.GOMP_parallel(body, None, _largest_team[0], 0)
 
-
-_largest_team = [1]  # the most threads torch's pool was asked for, as far as this module saw
 
 
 @contextlib.contextmanager

@@ -10,9 +10,6 @@ import hashlib
 import io
 import socket
 import tarfile
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,47 +19,6 @@ from nnrun.data import load_data
 from nnrun.data.datasets import DATASETS, MNIST, PublicSet, RemoteFile, human_size
 from nnrun.errors import DataError
 from nnrun.progress import reporting
-
-
-class Served:
-    """What the server holds (URL path -> bytes), how often each path was asked for, and how many
-    more times each path is cut short (a Content-Length larger than the bytes sent, then close)."""
-
-    def __init__(self, base: str):
-        self.base, self.blobs, self.hits, self.cut = base, {}, Counter(), Counter()
-
-
-@pytest.fixture
-def server():
-    served = Served("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            served.hits[self.path] += 1
-            blob = served.blobs.get(self.path)
-            if blob is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(blob)))
-            self.end_headers()
-            if served.cut[self.path] > 0:
-                served.cut[self.path] -= 1
-                self.wfile.write(blob[: len(blob) // 2])
-                self.close_connection = True
-                return
-            self.wfile.write(blob)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.base = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield served
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture

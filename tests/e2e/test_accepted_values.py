@@ -159,31 +159,14 @@ def test_every_key_gets_accepted_and_trained_values():
 
 
 @pytest.fixture
-def public_cache(tmp_path, monkeypatch):
+def public_cache(tmp_path, monkeypatch, make_mnist, make_cifar):
     """NNRUN_DATA holding tiny stand-ins of the public sets (mnist, fashion-mnist, cifar10), as
     `nnrun data get` leaves them, so `data.source=mnist` trains offline."""
-    import gzip
     import pickle
 
-    import numpy as np
-
-    from nnrun.data.idx import IMAGES_MAGIC, LABELS_MAGIC
-
-    rng = np.random.default_rng(0)
     for name in ("mnist", "fashion-mnist"):
-        (tmp_path / "cache" / name).mkdir(parents=True)
-        for prefix, n in (("train", 80), ("t10k", 20)):
-            for kind, magic, arr in (("images-idx3", IMAGES_MAGIC, rng.integers(0, 256, (n, 28, 28))),
-                                     ("labels-idx1", LABELS_MAGIC, np.arange(n) % 10)):
-                header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-                path = tmp_path / "cache" / name / f"{prefix}-{kind}-ubyte.gz"
-                path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
-    cifar = tmp_path / "cache" / "cifar10" / "cifar-10-batches-py"
-    cifar.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, 16)], b"batch_label": b"x"}
-        (cifar / name).write_bytes(pickle.dumps(batch, protocol=2))
+        make_mnist(tmp_path / "cache" / name, n_train=80, n_test=20, gz=True)
+    cifar = make_cifar(tmp_path / "cache" / "cifar10" / "cifar-10-batches-py", per_batch=16)
     (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
     monkeypatch.setenv("NNRUN_DATA", str(tmp_path / "cache"))
 

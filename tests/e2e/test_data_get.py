@@ -5,14 +5,9 @@ mirrors are replaced by a closed port, and NNRUN_DATA_MIRROR puts the local serv
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import socket
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 
 from nnrun.data.datasets import DATASETS, RemoteFile
@@ -34,49 +29,22 @@ log:
 """
 
 
-def idx_gz(arr: np.ndarray, magic: int) -> bytes:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    return gzip.compress(header + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def mirror(monkeypatch, tmp_path):
-    """A local server holding tiny MNIST files under /mnist/, pinned in a stand-in registry entry; an
+def mirror(monkeypatch, tmp_path, server, make_mnist):
+    """The local server holding tiny MNIST files under /mnist/, pinned in a stand-in registry entry; an
     empty cache. Returns (blobs by URL path, request counts)."""
-    rng = np.random.default_rng(0)
-    blobs = {}
-    for prefix, n in (("train", 60), ("t10k", 10)):
-        blobs[f"/mnist/{prefix}-images-idx3-ubyte.gz"] = idx_gz(rng.integers(0, 256, (n, 28, 28)), 2051)
-        blobs[f"/mnist/{prefix}-labels-idx1-ubyte.gz"] = idx_gz(np.arange(n) % 10, 2049)
-    hits = Counter()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            hits[self.path] += 1
-            blob = blobs.get(self.path)
-            if blob is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(blob)))
-            self.end_headers()
-            self.wfile.write(blob)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    made = make_mnist(tmp_path / "made", n_train=60, n_test=10, gz=True)
+    for path in sorted(made.iterdir()):
+        server.blobs[f"/mnist/{path.name}"] = path.read_bytes()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/mnist/"
-    files = tuple(RemoteFile(p.rsplit("/", 1)[1], len(b), hashlib.sha256(b).hexdigest()) for p, b in blobs.items())
+    files = tuple(RemoteFile(p.rsplit("/", 1)[1], len(b), hashlib.sha256(b).hexdigest())
+                  for p, b in server.blobs.items())
     monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], files=files, mirrors=(dead,)))
-    monkeypatch.setenv("NNRUN_DATA_MIRROR", f"http://127.0.0.1:{httpd.server_address[1]}/")
+    monkeypatch.setenv("NNRUN_DATA_MIRROR", server.base)
     monkeypatch.setenv("NNRUN_DATA", str(tmp_path / "cache"))
-    yield blobs, hits
-    httpd.shutdown()
-    httpd.server_close()
+    return server.blobs, server.hits
 
 
 def test_data_get_to_a_folder_then_list(cli, mirror, tmp_path):

@@ -83,6 +83,13 @@ def show(times: dict[str, list[float]], unit: str = "s") -> None:
         print(f"    {k:28s} " + "  ".join(f"{t:7.3f}{unit}" for t in v) + f"   median {statistics.median(v):.3f}{unit}")
 
 
+def print_ratios(case: str, result: dict[str, float], *, headline: str, target: float) -> None:
+    """Each ratio of a case, then whether the headline one meets its target."""
+    for k, v in result.items():
+        print(f"  [{case}] {k}: {v:.3f}x")
+    print(f"  target: {headline} <= {target}x -> {'met' if result[headline] <= target else 'MISSED'}")
+
+
 def read_idx(folder: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
     def raw(name: str) -> bytes:
         path = folder / name
@@ -116,9 +123,7 @@ def case_denormal(mnist: Path, rounds: int, epochs: int, tmp: Path) -> dict:
     result = {"none/standardize": paired(times, "none (flush auto)", "standardize"),
               "none without flushing/standardize": paired(times, "none (flush off)", "standardize"),
               "flush off/flush auto (none)": paired(times, "none (flush off)", "none (flush auto)")}
-    for k, v in result.items():
-        print(f"  [denormal] {k}: {v:.3f}x")
-    print(f"  target: none/standardize <= 1.1x -> {'met' if result['none/standardize'] <= 1.1 else 'MISSED'}")
+    print_ratios("denormal", result, headline="none/standardize", target=1.1)
     return result
 
 
@@ -166,9 +171,7 @@ def case_image_folder(mnist: Path, rounds: int, epochs: int, tmp: Path, limit: i
     result = {"png cached/idx (later epochs)": paired(later, "png cache auto", "idx"),
               "png streamed/idx (later epochs)": paired(later, "png cache none", "idx"),
               "png cached/png streamed (later epochs)": paired(later, "png cache auto", "png cache none")}
-    for k, v in result.items():
-        print(f"  [image-folder] {k}: {v:.3f}x")
-    print(f"  target: cached/idx <= 1.3x -> {'met' if result['png cached/idx (later epochs)'] <= 1.3 else 'MISSED'}")
+    print_ratios("image-folder", result, headline="png cached/idx (later epochs)", target=1.3)
     return result
 
 
